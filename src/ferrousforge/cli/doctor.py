@@ -1,0 +1,108 @@
+"""`ferrousforge doctor`: is the library loadable here, and does a decode run?
+
+The decode runs in a child process so a SIGILL (a build that uses
+instructions this CPU cannot execute, e.g. AMX from -march=native on some
+VMs) or a missing library becomes an explained failure with its remedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+
+_CHILD = r"""
+import asyncio, sys
+from pathlib import Path
+from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+from ferrousforge.inference.backend import BackendConfig, BackendInput
+from ferrousforge.api.request import InferenceOptions
+from ferrousforge.models.default_model import default_model_path
+
+async def main(path):
+    b = LlamaCppBackend()
+    h = await b.load_model(path, BackendConfig(num_threads=1, context_size=256, max_parallel=1))
+    out = await b.infer(h, BackendInput.Text("Hello"), InferenceOptions(temperature=0, max_tokens=1))
+    await b.unload_model(h)
+    print(f"decoded {out.usage.completion_tokens} token(s): {out.text!r}")
+
+asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else default_model_path()))
+"""
+
+_INTERESTING = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512vbmi", "avx_vnni", "amx_tile", "amx_int8",
+                "amx_bf16")
+
+SIGILL_HELP = (
+    "the library was killed by SIGILL: it was compiled for instructions this CPU cannot "
+    "execute. A common cause is llama.cpp's default -march=native picking AMX (`tilezero`) on a "
+    "VM that advertises AMX but traps it. Rebuild without AMX: `make rebuild-llama` (uses "
+    "scripts/llama_cmake_args.sh: -DGGML_NATIVE=OFF with explicit AVX2/AVX512 flags), or "
+    "`CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' pip install "
+    "--no-cache-dir --force-reinstall llama-cpp-python==0.3.36`.")
+
+
+def cpu_features() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [x for x in _INTERESTING if x in flags]
+    except OSError:
+        pass
+    return []
+
+
+def decode_check(model: str | None = None, timeout: float = 120.0) -> tuple[bool, str]:
+    """Load a model and decode one token in a child process. Returns (ok, explanation)."""
+    try:
+        r = subprocess.run([sys.executable, "-c", _CHILD, model or ""], capture_output=True,
+                           text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return False, f"the one-token decode did not finish in {timeout:.0f} s"
+    if r.returncode == 0:
+        return True, r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "ok"
+    if r.returncode == -signal.SIGILL:
+        return False, SIGILL_HELP
+    if r.returncode < 0:
+        return False, f"the decode was killed by signal {-r.returncode}:\n{r.stderr[-1500:]}"
+    tail = r.stderr.strip().splitlines()
+    return False, "the decode failed:\n" + "\n".join(tail[-12:])
+
+
+def run_doctor(model: str | None = None) -> int:
+    """Print the library mode and path, system info and CPU features; run a decode."""
+    from ferrousforge.errors import LibraryNotFoundError
+    from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
+
+    print(f"python        {sys.version.split()[0]} ({platform.machine()})")
+    print(f"cpu features  {' '.join(cpu_features()) or 'unknown'}")
+    ok = True
+    try:
+        lib = load_library()
+        info = library_info()
+        print(f"library mode  {info.mode}")
+        print(f"library path  {info.path}")
+        print(f"system info   {lib.llama_print_system_info().decode().strip()}")
+        print(f"gpu offload   {'yes' if lib.llama_supports_gpu_offload() else 'no'}")
+    except LibraryNotFoundError as e:
+        print(f"library       NOT LOADED: {e}")
+        ok = False
+    if ok:
+        good, detail = decode_check(model)
+        print(f"decode check  {'OK: ' if good else 'FAILED: '}{detail}")
+        ok = good
+    return 0 if ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check the llama.cpp library and run a one-token decode",
+                       description="Print the library mode and path, llama.cpp's system info and "
+                                   "the CPU features, then decode one token in a subprocess.",
+                       epilog="example: ferrousforge doctor --model ./model.gguf")
+    p.add_argument("--model", help="GGUF file to decode with (default: the bundled model)")
+    p.set_defaults(func=lambda args: run_doctor(args.model))

@@ -1,0 +1,298 @@
+"""Engine: one thread owns the runner (and so the llama_context) and steps it.
+
+    step() = schedule -> runner.execute -> postprocess -> output stage -> emit
+
+Callers on an asyncio loop submit requests with ``add_request`` and read a
+``RequestStream``; the thread hands results back with call_soon_threadsafe.
+No lock serialises requests: they all share each step's single decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ferrousforge.engine.output import Detokenizer
+from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, Runner
+from ferrousforge.engine.scheduler import Scheduler
+from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
+from ferrousforge.engine.stats import EngineStats
+from ferrousforge.errors import EngineOverloadedError, EngineStoppedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """One delta of one request, as the engine emits it."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[LogprobEntry] | None = None
+    prompt_logprobs: list[LogprobEntry] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_s: float = 0.0
+    generation_s: float = 0.0
+    error: BaseException | None = None
+
+
+class RequestStream:
+    """The caller's side of one request: an async iterator of RequestOutput."""
+
+    def __init__(self, engine: Engine, seq: Sequence, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self.seq = seq
+        self._loop = loop
+        self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self.finished = False
+
+    @property
+    def request_id(self) -> int:
+        return self.seq.request_id
+
+    def _push(self, out: RequestOutput) -> None:
+        self._queue.put_nowait(out)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        out = await self._queue.get()
+        if out.error is not None:
+            self.finished = True
+            raise out.error
+        if out.finish_reason is not None:
+            self.finished = True
+        return out
+
+    def abort(self) -> None:
+        """Stop generating; the slot is freed within one step."""
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.seq)
+
+
+class Engine:
+    def __init__(self, runner: Runner, piece: Callable[[int], bytes], *,
+                 max_waiting: int = 256, prefix_cache: bool = True, name: str = "engine") -> None:
+        self.runner = runner
+        self.scheduler = Scheduler(runner, prefix_cache=prefix_cache)
+        self.piece = piece
+        self.max_waiting = max_waiting
+        self.stats = EngineStats()
+        self._inbox: deque[tuple[str, Sequence]] = deque()
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._unfinished = 0  # requests accepted and not yet finished (any thread)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"ferrousforge-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- caller side (any thread) -----------------------------------------
+
+    def check_fits(self, prompt_len: int, max_tokens: int | None) -> None:
+        self.scheduler.check_fits(prompt_len, max_tokens)
+
+    def add_request(self, prompt_ids: list[int], limits: SamplingLimits, sampler: Any = None, *,
+                    share_prefix_with: Sequence | None = None,
+                    loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
+        """Queue a request. Raises EngineOverloadedError when the waiting queue is full,
+        ContextOverflowError when it can never fit, EngineStoppedError after shutdown."""
+        loop = loop or asyncio.get_running_loop()
+        self.scheduler.check_fits(len(prompt_ids), limits.max_tokens)
+        seq = Sequence(next(self._ids), list(prompt_ids), limits, sampler=sampler,
+                       share_prefix_with=share_prefix_with)
+        seq.output = Detokenizer(self.piece, limits.stop)
+        stream = RequestStream(self, seq, loop)
+        seq.sink = self._make_sink(stream, loop)
+        with self._cond:
+            if self._stopping:
+                raise EngineStoppedError("the engine is shut down")
+            if self._unfinished >= self.runner.n_slots + self.max_waiting:
+                self.stats.requests_rejected += 1
+                raise EngineOverloadedError(
+                    f"server busy: {self._unfinished} requests in flight "
+                    f"({self.runner.n_slots} slots + {self.max_waiting} waiting)", retry_after=1.0)
+            self._unfinished += 1
+            self._inbox.append(("add", seq))
+            self._cond.notify()
+        return stream
+
+    def abort(self, seq: Sequence) -> None:
+        with self._cond:
+            self._inbox.append(("abort", seq))
+            self._cond.notify()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel everything in flight and stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _make_sink(self, stream: RequestStream, loop: asyncio.AbstractEventLoop):
+        def sink(out: RequestOutput) -> None:
+            try:
+                loop.call_soon_threadsafe(stream._push, out)
+            except RuntimeError:  # the caller's loop is gone: nobody is listening
+                if out.finish_reason is None and out.error is None:
+                    self.scheduler.finish(stream.seq, SequenceStatus.FINISHED_ABORTED)
+        return sink
+
+    # ---- engine thread ------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._inbox and not self._stopping and not self.scheduler.has_work():
+                    self._cond.wait()
+                inbox = list(self._inbox)
+                self._inbox.clear()
+                stopping = self._stopping
+            for kind, seq in inbox:
+                if kind == "add":
+                    try:
+                        self.scheduler.add(seq)
+                    except Exception as e:  # checked by the caller already; belt and braces
+                        self._reject(seq, e)
+                else:
+                    self._finish(seq, SequenceStatus.FINISHED_ABORTED)
+            if stopping:
+                self._cancel_all()
+                return
+            try:
+                self.step()
+            except Exception as e:  # never let one bad step kill the thread
+                log.exception("engine step failed; failing the running requests")
+                self._fail_running(e)
+
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            if not plan.kv_ops:
+                time.sleep(0.001)  # only siblings waiting on a prefill: yield briefly
+            return
+        try:
+            results = self.runner.execute(plan)
+        except KVCacheFull:
+            self._on_kv_full()
+            return
+        self._record_step(plan)
+        for seq, res in self.scheduler.postprocess(plan, results):
+            self._emit(seq, res)
+
+    def _on_kv_full(self) -> None:
+        before = self.scheduler.preemptions
+        stuck = self.scheduler.handle_kv_full()
+        if self.scheduler.preemptions > before:
+            self.stats.preemptions += 1
+            log.info("KV cache full: preempted a sequence (it resumes by recomputation)")
+        if stuck is not None:
+            self._finish(stuck, SequenceStatus.FINISHED_LENGTH)
+
+    def _record_step(self, plan) -> None:
+        st = self.stats
+        with st.lock:
+            st.decode_steps += 1
+            st.busy_slots_sum += sum(1 for c in plan.chunks if c.sample)
+            st.running = len(self.scheduler.running)
+            st.waiting = len(self.scheduler.waiting)
+
+    def _emit(self, seq: Sequence, res: ChunkResult) -> None:
+        text, ids = "", []
+        if res.token is not None:
+            ids = [res.token]
+            text, hit_stop = seq.output.feed(res.token)
+            if hit_stop:
+                seq.stop_reason = seq.output.stopped_on
+                self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+            if seq.prev_token_at:
+                self.stats.inter_token.observe(seq.last_token_at - seq.prev_token_at)
+        out = RequestOutput(text, ids, logprobs=[res.logprob] if res.logprob else None,
+                            prompt_logprobs=res.prompt_logprobs)
+        if seq.is_finished:
+            out.text += seq.output.flush()
+            self._fill_final(seq, out)
+        if seq.sink is not None and (out.text or ids or out.finish_reason or out.prompt_logprobs):
+            seq.sink(out)
+
+    def _fill_final(self, seq: Sequence, out: RequestOutput) -> None:
+        out.finish_reason = FINISH_REASONS[seq.status]
+        out.prompt_tokens = len(seq.prompt_ids)
+        out.completion_tokens = len(seq.output_ids)
+        out.cached_tokens = seq.n_cached_prompt
+        start = seq.first_token_at or time.perf_counter()
+        out.ttft_s = start - seq.arrival
+        out.generation_s = max(0.0, (seq.last_token_at or start) - start)
+        st = self.stats
+        with st.lock:
+            self._unfinished -= 1
+            if seq.status == SequenceStatus.FINISHED_ABORTED:
+                st.requests_aborted += 1
+            else:
+                st.requests_finished += 1
+            st.prompt_tokens += out.prompt_tokens
+            st.generated_tokens += out.completion_tokens
+            st.cached_prompt_tokens += out.cached_tokens
+            st.prefix_cache_hits += 1 if out.cached_tokens else 0
+            if seq.first_token_at:
+                st.ttft.observe(out.ttft_s)
+            st.request_latency.observe(time.perf_counter() - seq.arrival)
+
+    def _finish(self, seq: Sequence, status: SequenceStatus) -> None:
+        if seq.is_finished:
+            return
+        if seq.status == SequenceStatus.WAITING and seq not in self.scheduler.waiting:
+            seq.status = status  # aborted before it reached the scheduler
+            self.runner.free_sampler(seq)
+        else:
+            self.scheduler.finish(seq, status)
+        out = RequestOutput(seq.output.flush() if status != SequenceStatus.FINISHED_ABORTED else "", [])
+        self._fill_final(seq, out)
+        if seq.sink is not None:
+            seq.sink(out)
+
+    def _reject(self, seq: Sequence, error: Exception) -> None:
+        seq.status = SequenceStatus.FINISHED_ABORTED
+        self.runner.free_sampler(seq)
+        with self.stats.lock:
+            self._unfinished -= 1
+        if seq.sink is not None:
+            seq.sink(RequestOutput("", [], error=error))
+
+    def _fail_running(self, error: Exception) -> None:
+        for seq in list(self.scheduler.running):
+            self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
+            with self.stats.lock:
+                self._unfinished -= 1
+            if seq.sink is not None:
+                seq.sink(RequestOutput("", [], error=error))
+        for slot in self.scheduler.slots:
+            slot.cached = []
+        self.runner.reset()
+
+    def _cancel_all(self) -> None:
+        err = EngineStoppedError("the engine was shut down")
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
+            with self.stats.lock:
+                self._unfinished -= 1
+            if seq.sink is not None:
+                seq.sink(RequestOutput("", [], error=err))

@@ -1,0 +1,90 @@
+"""The contract between the scheduler and whatever executes a step (llama.cpp or a script)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ferrousforge.engine.sequence import Sequence
+
+
+@dataclass(slots=True, frozen=True)
+class KVOp:
+    """A KV-cache edit run before the step's decode.
+
+    ``rm``: drop positions [p0, p1) of ``seq`` (p1 = -1: to the end).
+    ``cp``: share positions [p0, p1) of ``src`` with ``seq``.
+    """
+
+    kind: str  # "rm" or "cp"
+    seq: int
+    p0: int = -1
+    p1: int = -1
+    src: int = -1
+
+
+@dataclass(slots=True)
+class ScheduledChunk:
+    seq: Sequence
+    tokens: list[int]
+    pos0: int
+    sample: bool  # the chunk ends the known tokens: sample the next one
+    all_logits: bool = False  # prompt log-probabilities wanted for this chunk
+
+
+@dataclass(slots=True)
+class StepPlan:
+    kv_ops: list[KVOp] = field(default_factory=list)
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks) or bool(self.kv_ops)
+
+
+@dataclass(slots=True)
+class LogprobEntry:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What execute returns for one chunk: the sampled token if it sampled."""
+
+    token: int | None = None
+    logprob: LogprobEntry | None = None
+    prompt_logprobs: list[LogprobEntry] | None = None  # for chunk.tokens[1:] and the next
+
+
+class KVCacheFull(Exception):
+    """llama_decode found no room in the KV cache for the step (return code 1)."""
+
+
+class Runner(Protocol):
+    n_slots: int
+    n_batch: int
+    n_ctx: int
+    eog_ids: frozenset[int]
+    supports_prefix_cache: bool
+
+    def execute(self, plan: StepPlan) -> list[ChunkResult]:
+        """Apply plan.kv_ops, decode every chunk in one batch, sample where asked.
+
+        Raises KVCacheFull when the cache has no room (state unchanged but for kv_ops).
+        """
+        ...
+
+    def release_slot(self, slot: int, keep: int) -> None:
+        """Drop a slot's KV beyond ``keep`` tokens (0: all of it)."""
+        ...
+
+    def free_sampler(self, seq: Sequence) -> None: ...
+
+    def reset(self) -> None:
+        """Forget all KV state (after a failed step)."""
+        ...

@@ -1,0 +1,231 @@
+"""Scheduler: which tokens of which sequences go into the next decode.
+
+Each step carries one token for every generating sequence, then prompt chunks
+of prefilling sequences up to the n_batch budget (chunked prefill, so a long
+prompt never stalls running streams). New requests take a free slot, reusing
+the longest common token prefix already in any slot's KV (prefix cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ferrousforge.engine.runner import ChunkResult, KVOp, Runner, ScheduledChunk, StepPlan
+from ferrousforge.engine.sequence import Sequence, SequenceStatus
+from ferrousforge.errors import ContextOverflowError
+
+
+@dataclass(slots=True)
+class Slot:
+    id: int
+    seq: Sequence | None = None
+    cached: list[int] = field(default_factory=list)  # KV contents while free
+    last_used: float = 0.0
+
+    def kv_tokens(self) -> list[int]:
+        if self.seq is not None:
+            return self.seq.all_ids[: self.seq.n_computed]
+        return self.cached
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, runner: Runner, prefix_cache: bool = True) -> None:
+        self.runner = runner
+        self.n_batch = runner.n_batch
+        self.n_ctx = runner.n_ctx
+        self.prefix_cache = prefix_cache and runner.supports_prefix_cache
+        self.slots = [Slot(i) for i in range(runner.n_slots)]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+
+    # ---- admission -------------------------------------------------------
+
+    def check_fits(self, prompt_len: int, max_tokens: int | None) -> None:
+        """Reject a request that could never fit in the context, before it starts."""
+        if prompt_len == 0:
+            raise ValueError("prompt: must contain at least one token")
+        need = prompt_len + (max_tokens or 0)
+        limit = self.n_ctx if max_tokens else self.n_ctx - 1
+        if need > limit:
+            raise ContextOverflowError(
+                f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
+                f"context size of {self.n_ctx} tokens")
+
+    def add(self, seq: Sequence) -> None:
+        self.check_fits(len(seq.prompt_ids), seq.limits.max_tokens)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def _free_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.seq is None]
+
+    def _admit(self, seq: Sequence, plan: StepPlan, free: list[Slot]) -> None:
+        target = self._choose_slot(seq, free, plan)
+        free.remove(target)
+        target.seq, target.cached = seq, []
+        seq.slot = target.id
+        seq.status = SequenceStatus.RUNNING
+        seq.admitted_at = seq.admitted_at or time.perf_counter()
+        self.waiting.remove(seq)
+        self.running.append(seq)
+
+    def _choose_slot(self, seq: Sequence, free: list[Slot], plan: StepPlan) -> Slot:
+        """Pick a free slot and emit the KV edits that give it the longest reusable prefix."""
+        tokens = seq.all_ids
+        # At least one token must be decoded to get logits; prompt logprobs need all of them.
+        max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
+        own = max(free, key=lambda s: (min(common_prefix_len(s.cached, tokens), max_reuse),
+                                       -len(s.cached), -s.last_used))
+        own_len = min(common_prefix_len(own.cached, tokens), max_reuse)
+        src, src_len = None, own_len
+        if max_reuse > own_len:
+            for s in self.slots:
+                n = min(common_prefix_len(s.kv_tokens(), tokens), max_reuse)
+                if n > src_len and s is not own:
+                    src, src_len = s, n
+        if src is None:
+            if len(own.cached) > own_len or not self.prefix_cache:
+                plan.kv_ops.append(KVOp("rm", own.id, own_len, -1))
+            self._set_reused(seq, own_len)
+            return own
+        # Copy the prefix from another slot into the least valuable free slot.
+        target = min(free, key=lambda s: (len(s.cached), s.last_used))
+        if target.cached:
+            plan.kv_ops.append(KVOp("rm", target.id, 0, -1))
+        plan.kv_ops.append(KVOp("cp", target.id, 0, src_len, src=src.id))
+        self._set_reused(seq, src_len)
+        return target
+
+    @staticmethod
+    def _set_reused(seq: Sequence, n: int) -> None:
+        seq.n_computed = n
+        if seq.status == SequenceStatus.WAITING:  # first admission, not a resumed preemption
+            seq.n_cached_prompt = n
+
+    # ---- the step --------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        free = self._free_slots()
+        for seq in list(self.waiting):
+            if not free:
+                break
+            sibling = seq.share_prefix_with
+            if sibling is not None and not sibling.is_finished and not sibling.prefill_done:
+                continue  # n > 1: copy the sibling's prompt KV once it exists
+            self._admit(seq, plan, free)
+        budget = self.n_batch
+        # Generating sequences first: one token each keeps every stream moving.
+        for seq in self.running:
+            if seq.n_pending == 1 and budget > 0:
+                self._add_chunk(plan, seq, 1)
+                budget -= 1
+        for seq in self.running:
+            if seq.n_pending > 1 and budget > 0:
+                k = min(seq.n_pending, budget)
+                self._add_chunk(plan, seq, k)
+                budget -= k
+        return plan
+
+    def _add_chunk(self, plan: StepPlan, seq: Sequence, k: int) -> None:
+        start = seq.n_computed
+        ids = seq.all_ids
+        tokens = ids[start : start + k]
+        sample = start + k == len(ids)
+        all_logits = seq.limits.echo_logprobs and start < len(seq.prompt_ids)
+        plan.chunks.append(ScheduledChunk(seq, tokens, start, sample, all_logits))
+
+    def postprocess(self, plan: StepPlan, results: list[ChunkResult]) -> list[tuple[Sequence, ChunkResult]]:
+        """Advance sequences past the decoded chunks; apply token-level stop rules.
+
+        Returns the sequences that sampled a token this step (finished or not).
+        """
+        sampled = []
+        eog = self.runner.eog_ids
+        now = time.perf_counter()
+        for chunk, res in zip(plan.chunks, results, strict=True):
+            seq = chunk.seq
+            seq.n_computed += len(chunk.tokens)
+            if not chunk.sample or res.token is None or seq.is_finished:
+                if res.prompt_logprobs is not None:
+                    sampled.append((seq, res))
+                continue
+            token = res.token
+            if seq.first_token_at == 0.0:
+                seq.first_token_at = now
+            seq.prev_token_at, seq.last_token_at = seq.last_token_at, now
+            if token in eog and not seq.bans_eog:
+                res.token = None  # the end-of-generation token is not part of the output
+                self.finish(seq, SequenceStatus.FINISHED_STOPPED)
+            else:
+                seq.output_ids.append(token)
+                max_tokens = seq.limits.max_tokens
+                if (max_tokens is not None and len(seq.output_ids) >= max_tokens) or (
+                        seq.n_tokens >= self.n_ctx):
+                    self.finish(seq, SequenceStatus.FINISHED_LENGTH)
+            sampled.append((seq, res))
+        return sampled
+
+    # ---- finishing, aborting, preempting ----------------------------------
+
+    def finish(self, seq: Sequence, status: SequenceStatus) -> None:
+        if seq.is_finished:
+            return
+        seq.status = status
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.slot is not None:
+            slot = self.slots[seq.slot]
+            slot.seq = None
+            slot.last_used = time.perf_counter()
+            if self.prefix_cache:
+                slot.cached = seq.all_ids[: seq.n_computed]
+            else:
+                slot.cached = []
+                self.runner.release_slot(slot.id, 0)
+            seq.slot = None
+        self.runner.free_sampler(seq)
+
+    def handle_kv_full(self) -> Sequence | None:
+        """The KV cache had no room: drop idle prefix caches, else preempt the newest sequence.
+
+        Returns the sequence that must be failed (it alone cannot fit), else None.
+        """
+        idle = [s for s in self.slots if s.seq is None and s.cached]
+        if idle:
+            for s in idle:
+                self.runner.release_slot(s.id, 0)
+                s.cached = []
+            return None
+        if len(self.running) <= 1:
+            return self.running[0] if self.running else None
+        victim = self.running[-1]  # most recently admitted: least work lost
+        self.running.remove(victim)
+        slot = self.slots[victim.slot]  # type: ignore[index]
+        self.runner.release_slot(slot.id, 0)
+        slot.seq, slot.cached = None, []
+        victim.slot = None
+        victim.n_computed = 0
+        victim.status = SequenceStatus.PREEMPTED
+        self.waiting.appendleft(victim)
+        self.preemptions += 1
+        return None
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.seq is not None)

@@ -1,0 +1,58 @@
+"""Engine statistics for the server's /metrics: counters and latency histograms."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        self.n += 1
+        self.total += value
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+                break
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        out, acc = [], 0
+        for b, c in zip(self.buckets, self.counts, strict=True):
+            acc += c
+            out.append((b, acc))
+        return out
+
+
+@dataclass(slots=True)
+class EngineStats:
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    requests_rejected: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    prefix_cache_hits: int = 0
+    decode_steps: int = 0
+    busy_slots_sum: int = 0  # over decode steps: / decode_steps is the mean batch
+    running: int = 0
+    waiting: int = 0
+    ttft: Histogram = field(default_factory=Histogram)
+    inter_token: Histogram = field(default_factory=Histogram)
+    request_latency: Histogram = field(default_factory=Histogram)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def mean_busy_slots(self) -> float:
+        return self.busy_slots_sum / self.decode_steps if self.decode_steps else 0.0

@@ -1,0 +1,55 @@
+"""Every error FerrousForge raises on purpose, in one place.
+
+The HTTP layer maps each class to one status code (api/errors.py), so callers
+never need to match on message text.
+"""
+
+from __future__ import annotations
+
+
+class FerrousForgeError(Exception):
+    """Base class of all FerrousForge errors."""
+
+
+class LibraryNotFoundError(FerrousForgeError):
+    """libllama could not be found or loaded."""
+
+
+class LibraryMismatchError(LibraryNotFoundError):
+    """libllama loaded but lacks a symbol or struct the bindings need."""
+
+
+class ModelLoadError(FerrousForgeError):
+    """A model file is missing, malformed, or llama.cpp refused it."""
+
+
+class ModelNotFoundError(FerrousForgeError):
+    """A request named a model that is not configured or loaded."""
+
+
+class ChatTemplateError(FerrousForgeError):
+    """The model has no chat template (and none was given) or it failed to render."""
+
+
+class ContextOverflowError(FerrousForgeError, ValueError):
+    """The prompt plus max_tokens can never fit in the context."""
+
+
+class EngineOverloadedError(FerrousForgeError):
+    """The engine's waiting queue is full; retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineStoppedError(FerrousForgeError):
+    """The engine was shut down before (or while) serving the request."""
+
+
+class AcceleratorUnavailableError(FerrousForgeError):
+    """An accelerator was asked for that the loaded library was not built with."""
+
+
+class DecodeError(FerrousForgeError):
+    """llama_decode failed with a fatal error."""

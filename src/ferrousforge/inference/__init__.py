@@ -1,0 +1,1 @@
+"""Backends that execute models: the protocol and its implementations."""

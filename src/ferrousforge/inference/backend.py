@@ -1,0 +1,197 @@
+"""The backend protocol every inference backend implements, and its data types."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ferrousforge.api.request import InferenceOptions
+
+FinishReason = Literal["stop", "length"]
+
+
+class AcceleratorType:
+    """Where the model's layers run. Use ``AcceleratorType.Cuda(device_id=0)`` etc."""
+
+    @dataclass(frozen=True, slots=True)
+    class Cpu:
+        pass
+
+    @dataclass(frozen=True, slots=True)
+    class Cuda:
+        device_id: int = 0
+
+    @dataclass(frozen=True, slots=True)
+    class Metal:
+        pass
+
+    @dataclass(frozen=True, slots=True)
+    class Vulkan:
+        device_id: int = 0
+
+
+Accelerator = AcceleratorType.Cpu | AcceleratorType.Cuda | AcceleratorType.Metal | AcceleratorType.Vulkan
+
+SplitMode = Literal["none", "layer", "row"]
+KVCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4)
+
+
+@dataclass(slots=True)
+class BackendConfig:
+    """How to load a model and size its context. Every field has a sane default.
+
+    ``context_size`` is the number of KV cells shared by all parallel
+    sequences (a unified cache); 0 means min(the model's training context, 8192).
+    """
+
+    num_threads: int = field(default_factory=_default_threads)
+    num_threads_batch: int | None = None  # None: same as num_threads
+    context_size: int = 0
+    batch_size: int = 512  # n_batch: tokens per llama_decode
+    ubatch_size: int = 512  # n_ubatch: physical micro-batch
+    max_parallel: int = 8  # n_seq_max: sequences decoded together
+    max_waiting: int = 256  # requests queued beyond the running ones; more -> overloaded
+    n_gpu_layers: int = -1  # -1: all layers when an accelerator is chosen
+    main_gpu: int = 0
+    split_mode: SplitMode = "layer"
+    tensor_split: list[float] | None = None
+    flash_attention: Literal["auto", "on", "off"] = "auto"
+    cache_type_k: KVCacheType = "f16"
+    cache_type_v: KVCacheType = "f16"
+    use_mmap: bool = True
+    use_mlock: bool = False
+    library_path: str | None = None  # dynamic mode: a libllama file or directory
+    prefix_cache: bool = True
+    progress_callback: Callable[[float], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.num_threads >= 1, "num_threads", ">= 1"),
+            (self.num_threads_batch is None or self.num_threads_batch >= 1,
+             "num_threads_batch", ">= 1"),
+            (self.context_size >= 0, "context_size", ">= 0 (0: from the model)"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (1 <= self.ubatch_size, "ubatch_size", ">= 1"),
+            (1 <= self.max_parallel <= 256, "max_parallel", "between 1 and 256"),
+            (self.max_waiting >= 0, "max_waiting", ">= 0"),
+            (self.main_gpu >= 0, "main_gpu", ">= 0"),
+            (self.split_mode in ("none", "layer", "row"), "split_mode", "none, layer or row"),
+            (self.flash_attention in ("auto", "on", "off"), "flash_attention", "auto, on or off"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise ValueError(f"{name}: must be {rule}")
+
+
+class BackendInput:
+    """What to generate from: ``Text``, ``Tokens`` or ``Chat`` messages."""
+
+    @dataclass(frozen=True, slots=True)
+    class Text:
+        text: str
+
+    @dataclass(frozen=True, slots=True)
+    class Tokens:
+        tokens: list[int]
+
+    @dataclass(frozen=True, slots=True)
+    class Chat:
+        messages: list[dict[str, Any]]
+        chat_template: str | None = None  # overrides the model's template
+        add_generation_prompt: bool = True
+
+
+Input = BackendInput.Text | BackendInput.Tokens | BackendInput.Chat
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Timings:
+    prompt_ms: float = 0.0  # submission to first token
+    generation_ms: float = 0.0  # first token to last
+    generation_tokens_per_s: float = 0.0
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: int
+    text: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+class BackendOutput:
+    """Results: ``Text`` for a whole generation, ``Chunk`` for one stream delta."""
+
+    @dataclass(slots=True)
+    class Text:
+        text: str
+        token_ids: list[int]
+        finish_reason: FinishReason
+        usage: Usage
+        timings: Timings
+        logprobs: list[TokenLogprob] | None = None
+        prompt_logprobs: list[TokenLogprob | None] | None = None
+
+    @dataclass(slots=True)
+    class Chunk:
+        text: str
+        token_ids: list[int]
+        finish_reason: FinishReason | None = None
+        usage: Usage | None = None  # set on the last chunk
+        timings: Timings | None = None
+        logprobs: list[TokenLogprob] | None = None
+        prompt_logprobs: list[TokenLogprob | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHandle:
+    """Opaque reference to a loaded model, returned by ``load_model``."""
+
+    id: int
+    path: Path
+    backend: str
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What every backend provides. All methods are coroutines (or async iterators)."""
+
+    async def load_model(
+        self, path: Path, config: BackendConfig | None = None,
+        accelerator: Accelerator | type | None = None,
+    ) -> ModelHandle: ...
+
+    async def infer(
+        self, handle: ModelHandle, input: Input, options: InferenceOptions | None = None
+    ) -> BackendOutput.Text: ...
+
+    def infer_stream(
+        self, handle: ModelHandle, input: Input, options: InferenceOptions | None = None
+    ) -> AsyncIterator[BackendOutput.Chunk]: ...
+
+    async def infer_batch(
+        self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions | None = None
+    ) -> list[BackendOutput.Text]: ...
+
+    async def unload_model(self, handle: ModelHandle) -> None: ...

@@ -1,0 +1,269 @@
+"""LlamaCppBackend: the InferenceBackend on llama.cpp, with continuous batching."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ferrousforge.api.request import InferenceOptions
+from ferrousforge.engine.engine import Engine, RequestOutput, RequestStream
+from ferrousforge.engine.runner import LogprobEntry
+from ferrousforge.engine.sequence import SamplingLimits
+from ferrousforge.errors import ModelNotFoundError
+from ferrousforge.inference.backend import (
+    Accelerator,
+    BackendConfig,
+    BackendInput,
+    BackendOutput,
+    Input,
+    ModelHandle,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
+from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
+from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
+from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
+from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
+from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
+from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
+
+log = logging.getLogger(__name__)
+_handle_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """Everything one loaded model owns; closed in reverse order of creation."""
+
+    handle: ModelHandle
+    info: GGUFInfo
+    config: BackendConfig
+    model: LlamaModel
+    context: LlamaContext
+    engine: Engine
+
+    @property
+    def vocab(self):
+        return self.model.vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        self.context.close()
+        self.model.close()
+
+
+def _limits(o: InferenceOptions) -> SamplingLimits:
+    return SamplingLimits(o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs,
+                          list(o.stop))
+
+
+class LlamaCppBackend:
+    """Runs GGUF models on llama.cpp. Concurrent calls on one model share its decode steps."""
+
+    name = "llama_cpp"
+
+    def __init__(self) -> None:
+        self._models: dict[int, LoadedModel] = {}
+
+    # ---- loading ---------------------------------------------------------------
+
+    async def load_model(self, path: Path | str, config: BackendConfig | None = None,
+                         accelerator: Accelerator | type | None = None) -> ModelHandle:
+        """Validate and load a GGUF model and start its engine thread."""
+        config = config or BackendConfig()
+        acc = normalize_accelerator(accelerator)
+        loaded = await asyncio.to_thread(self.load_model_sync, Path(path), config, acc)
+        return loaded.handle
+
+    def load_model_sync(self, path: Path, config: BackendConfig, acc: Accelerator) -> LoadedModel:
+        lib = load_library(config.library_path)
+        info = library_info()
+        gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
+        model = LlamaModel(lib, path, config, acc)
+        try:
+            context = LlamaContext(lib, model, config)
+        except BaseException:
+            model.close()
+            raise
+        engine = Engine(LlamaRunner(context), model.vocab.piece, max_waiting=config.max_waiting,
+                        prefix_cache=config.prefix_cache, name=path.stem)
+        handle = ModelHandle(next(_handle_ids), path, self.name)
+        loaded = LoadedModel(handle, gguf, config, model, context, engine)
+        self._models[handle.id] = loaded
+        log.info("loaded %s: %s, n_ctx=%d, %d parallel sequences", path.name, model.description,
+                 context.n_ctx, context.n_seq_max)
+        return loaded
+
+    async def unload_model(self, handle: ModelHandle) -> None:
+        """Stop the model's engine (cancelling its requests) and free its native handles."""
+        loaded = self._models.pop(handle.id, None)
+        if loaded is None:
+            raise ModelNotFoundError(f"model handle {handle.id} is not loaded")
+        await asyncio.to_thread(loaded.close)
+
+    def loaded(self, handle: ModelHandle) -> LoadedModel:
+        try:
+            return self._models[handle.id]
+        except KeyError:
+            raise ModelNotFoundError(f"model handle {handle.id} is not loaded") from None
+
+    # ---- prompts -----------------------------------------------------------------
+
+    def render_chat(self, handle: ModelHandle, chat: BackendInput.Chat) -> str:
+        lm = self.loaded(handle)
+        vocab = lm.vocab
+        return render_chat(chat.chat_template or lm.model.chat_template, chat.messages,
+                           bos_token=vocab.token_text(vocab.bos) if vocab.bos >= 0 else "",
+                           eos_token=vocab.token_text(vocab.eos) if vocab.eos >= 0 else "",
+                           add_generation_prompt=chat.add_generation_prompt)
+
+    def tokenize(self, handle: ModelHandle, text: str, add_special: bool = True) -> list[int]:
+        vocab = self.loaded(handle).vocab
+        ids = vocab.tokenize(text, add_special=add_special, parse_special=True)
+        # A template that writes the BOS itself plus add_bos would double it.
+        if len(ids) > 1 and ids[0] == ids[1] == vocab.bos and vocab.add_bos:
+            ids = ids[1:]
+        return ids
+
+    def prompt_ids(self, handle: ModelHandle, input: Input) -> list[int]:
+        """Token ids for any input kind."""
+        if isinstance(input, BackendInput.Tokens):
+            ids = list(input.tokens)
+            self.loaded(handle).vocab.check_ids(ids, "tokens")
+            return ids
+        if isinstance(input, BackendInput.Chat):
+            return self.tokenize(handle, self.render_chat(handle, input))
+        if isinstance(input, BackendInput.Text):
+            return self.tokenize(handle, input.text)
+        raise TypeError(f"input: expected BackendInput.Text, Tokens or Chat, got {type(input).__name__}")
+
+    # ---- generation ----------------------------------------------------------------
+
+    def submit(self, handle: ModelHandle, prompt_ids: list[int], options: InferenceOptions,
+               n: int = 1) -> list[RequestStream]:
+        """Queue ``n`` completions of one prompt; siblings share the prompt's KV.
+
+        Raises ContextOverflowError, EngineOverloadedError or ValueError at once.
+        """
+        lm = self.loaded(handle)
+        lm.engine.check_fits(len(prompt_ids), options.max_tokens)
+        streams: list[RequestStream] = []
+        try:
+            for i in range(n):
+                opts = options
+                if n > 1 and options.seed is not None:
+                    opts = options.replace(seed=options.seed + i)  # siblings must differ
+                sampler = SamplerChain(lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts)
+                try:
+                    leader = streams[0].seq if streams else None
+                    streams.append(lm.engine.add_request(prompt_ids, _limits(opts), sampler,
+                                                         share_prefix_with=leader))
+                except BaseException:
+                    sampler.close()
+                    raise
+        except BaseException:
+            for s in streams:
+                s.abort()
+            raise
+        return streams
+
+    async def infer_stream(self, handle: ModelHandle, input: Input,
+                           options: InferenceOptions | None = None
+                           ) -> AsyncIterator[BackendOutput.Chunk]:
+        """Stream text deltas; the last chunk carries finish_reason, usage and timings.
+
+        Breaking out of the loop or cancelling the task frees the slot within one step.
+        """
+        options = options or InferenceOptions()
+        ids = self.prompt_ids(handle, input)
+        (stream,) = self.submit(handle, ids, options)
+        vocab = self.loaded(handle).vocab
+        try:
+            async for out in stream:
+                yield to_chunk(out, vocab, ids if options.echo_logprobs else None)
+        finally:
+            stream.abort()
+
+    async def infer(self, handle: ModelHandle, input: Input,
+                    options: InferenceOptions | None = None) -> BackendOutput.Text:
+        """Generate a whole completion."""
+        options = options or InferenceOptions()
+        ids = self.prompt_ids(handle, input)
+        (stream,) = self.submit(handle, ids, options)
+        return await collect(stream, self.loaded(handle).vocab, ids, options)
+
+    async def infer_batch(self, handle: ModelHandle, inputs: Sequence[Input],
+                          options: InferenceOptions | None = None) -> list[BackendOutput.Text]:
+        """Generate for every input together: each engine step decodes all of them at once."""
+        options = options or InferenceOptions()
+        prompts = [self.prompt_ids(handle, i) for i in inputs]
+        streams: list[RequestStream] = []
+        try:
+            for ids in prompts:
+                streams.extend(self.submit(handle, ids, options))
+            vocab = self.loaded(handle).vocab
+            return list(await asyncio.gather(*(collect(s, vocab, ids, options)
+                                               for s, ids in zip(streams, prompts, strict=True))))
+        finally:
+            for s in streams:
+                s.abort()
+
+
+def _token_logprobs(entries: list[LogprobEntry] | None, vocab) -> list[TokenLogprob] | None:
+    if entries is None:
+        return None
+    return [TokenLogprob(e.token, vocab.token_text(e.token), e.logprob,
+                         [(t, vocab.token_text(t), lp) for t, lp in e.top]) for e in entries]
+
+
+def to_chunk(out: RequestOutput, vocab, prompt_ids: list[int] | None = None) -> BackendOutput.Chunk:
+    chunk = BackendOutput.Chunk(out.text, out.token_ids, out.finish_reason,
+                                logprobs=_token_logprobs(out.logprobs, vocab))
+    if out.prompt_logprobs is not None:
+        chunk.prompt_logprobs = _token_logprobs(out.prompt_logprobs, vocab)  # type: ignore[assignment]
+    if out.finish_reason is not None:
+        chunk.usage = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens)
+        chunk.timings = _timings(out)
+    return chunk
+
+
+def _timings(out: RequestOutput) -> Timings:
+    tps = (out.completion_tokens - 1) / out.generation_s if out.generation_s > 0 else 0.0
+    return Timings(out.ttft_s * 1000, out.generation_s * 1000, tps)
+
+
+async def collect(stream: RequestStream, vocab, prompt_ids: list[int],
+                  options: InferenceOptions) -> BackendOutput.Text:
+    """Drain a stream into one BackendOutput.Text."""
+    text, ids, logprobs, prompt_lps = [], [], [], []
+    last: RequestOutput | None = None
+    try:
+        async for out in stream:
+            text.append(out.text)
+            ids.extend(out.token_ids)
+            if out.logprobs:
+                logprobs.extend(out.logprobs)
+            if out.prompt_logprobs:
+                prompt_lps.extend(out.prompt_logprobs)
+            last = out
+    finally:
+        stream.abort()
+    assert last is not None and last.finish_reason is not None
+    result = BackendOutput.Text(
+        "".join(text), ids, last.finish_reason,  # type: ignore[arg-type]
+        Usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens), _timings(last))
+    if options.logprobs is not None:
+        result.logprobs = _token_logprobs(logprobs, vocab)
+    if options.echo_logprobs:
+        result.prompt_logprobs = [None, *(_token_logprobs(prompt_lps, vocab) or [])]
+    return result

@@ -1,0 +1,109 @@
+"""LlamaContext: the one owner of a llama_context (and its KV memory)."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from types import ModuleType
+
+from ferrousforge.errors import ModelLoadError
+from ferrousforge.inference.backend import AcceleratorType, BackendConfig
+from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
+from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
+
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+             "iq4_nl": 20, "bf16": 30}
+DEFAULT_MAX_CONTEXT = 8192
+
+
+def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
+    if config.context_size:
+        return config.context_size
+    return min(model.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+
+
+class LlamaContext:
+    """A llama_context with ``n_seq_max`` sequences over one unified KV cache.
+
+    Not thread safe (llama.cpp contexts are not): the engine thread is its only user.
+    """
+
+    def __init__(self, lib: ModuleType, model: LlamaModel, config: BackendConfig) -> None:
+        self._lib = lib
+        self.model = model
+        self._lock = threading.Lock()
+        self._ptr = None
+        p = lib.llama_context_default_params()
+        p.n_ctx = context_size_for(config, model)
+        p.n_batch = config.batch_size
+        p.n_ubatch = min(config.ubatch_size, config.batch_size)
+        p.n_seq_max = config.max_parallel
+        p.n_threads = config.num_threads
+        p.n_threads_batch = config.num_threads_batch or config.num_threads
+        p.flash_attn_type = _FLASH[config.flash_attention]
+        p.type_k = _KV_TYPES[config.cache_type_k]
+        p.type_v = _KV_TYPES[config.cache_type_v]
+        # One KV pool shared by all sequences: a long request may use more than
+        # n_ctx / n_seq_max cells, and seq_cp of a shared prefix costs no memory.
+        p.kv_unified = True
+        p.offload_kqv = not isinstance(model.accelerator, AcceleratorType.Cpu)
+        p.no_perf = True
+        mark = log_mark()
+        ptr = lib.llama_init_from_model(model.ptr, p)
+        if not ptr:
+            lines = log_lines_since(mark)
+            detail = ("\nllama.cpp said:\n  " + "\n  ".join(lines)) if lines else ""
+            raise ModelLoadError(f"{model.path}: llama.cpp could not create a context "
+                                 f"(n_ctx={p.n_ctx}, n_seq_max={p.n_seq_max}){detail}")
+        self._ptr = ptr
+        self.n_ctx = lib.llama_n_ctx(ptr)
+        self.n_batch = lib.llama_n_batch(ptr)
+        self.n_seq_max = lib.llama_n_seq_max(ptr)
+        self.n_vocab = model.vocab.n_tokens
+        self._mem = lib.llama_get_memory(ptr)
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise RuntimeError("context is closed")
+        return self._ptr
+
+    def decode(self, batch) -> int:
+        return self._lib.llama_decode(self.ptr, batch)
+
+    def logits_row(self, i: int):
+        """Pointer to the logits of output row ``i`` of the last decode (n_vocab floats)."""
+        return self._lib.llama_get_logits_ith(self.ptr, i)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(self._lib.llama_memory_seq_rm(self._mem, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return self._lib.llama_memory_seq_pos_max(self._mem, seq)
+
+    def clear(self) -> None:
+        self._lib.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ptr is not None:
+                self._lib.llama_free(self._ptr)
+                self._ptr = None
+                self._mem = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def as_float_array(ptr, n: int):
+    """View n floats at a C pointer as a numpy array (no copy)."""
+    import numpy as np
+
+    return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n,))

@@ -1,0 +1,104 @@
+"""LlamaRunner: executes one engine step as one llama_decode over a shared batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, StepPlan
+from ferrousforge.engine.sequence import Sequence
+from ferrousforge.errors import DecodeError
+from ferrousforge.inference.backends.llama_cpp.batch import TokenBatch
+from ferrousforge.inference.backends.llama_cpp.context import LlamaContext, as_float_array
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = float(x.max())
+    return x - (m + float(np.log(np.exp(x - m).sum())))
+
+
+def logprob_entry(logits: np.ndarray, token: int, top_n: int) -> LogprobEntry:
+    lp = log_softmax(logits.astype(np.float64, copy=False))
+    top: list[tuple[int, float]] = []
+    if top_n:
+        idx = np.argpartition(-lp, top_n)[:top_n]
+        idx = idx[np.argsort(-lp[idx])]
+        top = [(int(i), float(lp[i])) for i in idx]
+    return LogprobEntry(int(token), float(lp[token]), top)
+
+
+class LlamaRunner:
+    """The engine's Runner on a LlamaContext. Used only from the engine thread."""
+
+    def __init__(self, ctx: LlamaContext) -> None:
+        self.ctx = ctx
+        self.vocab = ctx.model.vocab
+        self.n_slots = ctx.n_seq_max
+        self.n_batch = ctx.n_batch
+        self.n_ctx = ctx.n_ctx
+        self.n_vocab = ctx.n_vocab
+        self.eog_ids = self.vocab.eog_ids
+        self._eog = np.array(sorted(self.eog_ids), dtype=np.int64)
+        # Recurrent state cannot be truncated at an arbitrary position.
+        self.supports_prefix_cache = not ctx.model.is_recurrent
+        self.batch = TokenBatch(ctx._lib, self.n_batch)
+
+    def execute(self, plan: StepPlan) -> list[ChunkResult]:
+        ctx = self.ctx
+        for op in plan.kv_ops:
+            if op.kind == "rm":
+                ctx.seq_rm(op.seq, op.p0, op.p1)
+            else:
+                ctx.seq_cp(op.src, op.seq, op.p0, op.p1)
+        b = self.batch
+        b.clear()
+        starts = []
+        for ch in plan.chunks:
+            mode = "all" if ch.all_logits else ("last" if ch.sample else "none")
+            starts.append(b.add(ch.tokens, ch.seq.slot, ch.pos0, mode))
+        rc = ctx.decode(b.as_struct())
+        if rc == 1:
+            raise KVCacheFull()
+        if rc != 0:
+            raise DecodeError(f"llama_decode failed with code {rc}")
+        return [self._results(ch.seq, ch, start) for ch, start in zip(plan.chunks, starts, strict=True)]
+
+    def _results(self, seq: Sequence, ch, start: int) -> ChunkResult:
+        res = ChunkResult()
+        if ch.all_logits:
+            res.prompt_logprobs = self._prompt_logprobs(seq, ch, start)
+        if not ch.sample:
+            return res
+        row = start + len(ch.tokens) - 1
+        top_n = seq.limits.logprobs
+        logits = None
+        if top_n is not None or seq.bans_eog:
+            logits = as_float_array(self.ctx.logits_row(row), self.n_vocab)
+        raw = logits.copy() if top_n is not None else None
+        if seq.bans_eog and len(self._eog):
+            logits[self._eog] = -np.inf  # in place: the sampler reads this buffer next
+        res.token = seq.sampler.sample(self.ctx.ptr, row)
+        if raw is not None:
+            res.logprob = logprob_entry(raw, res.token, top_n or 0)
+        return res
+
+    def _prompt_logprobs(self, seq: Sequence, ch, start: int) -> list[LogprobEntry]:
+        prompt = seq.prompt_ids
+        out = []
+        top_n = seq.limits.logprobs or 0
+        for i in range(len(ch.tokens)):
+            target_pos = ch.pos0 + i + 1
+            if target_pos >= len(prompt):
+                break
+            logits = as_float_array(self.ctx.logits_row(start + i), self.n_vocab)
+            out.append(logprob_entry(logits, prompt[target_pos], top_n))
+        return out
+
+    def release_slot(self, slot: int, keep: int) -> None:
+        self.ctx.seq_rm(slot, keep, -1)
+
+    def free_sampler(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            seq.sampler.close()
+
+    def reset(self) -> None:
+        self.ctx.clear()

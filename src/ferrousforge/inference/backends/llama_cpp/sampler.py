@@ -1,0 +1,114 @@
+"""SamplerChain: one llama.cpp sampler chain per sequence, built from InferenceOptions."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import threading
+from types import ModuleType
+
+from ferrousforge.api.request import InferenceOptions
+from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
+
+
+class SamplerChain:
+    """Owns a llama_sampler chain; frees it exactly once.
+
+    Order follows llama.cpp's common sampler: logit bias, penalties, DRY, then
+    top-k / typical / top-p / min-p / XTC, temperature, and the final pick
+    (greedy, mirostat or seeded distribution). A grammar, when given, goes first
+    so every other stage sees only tokens the grammar allows.
+    """
+
+    def __init__(self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions) -> None:
+        self._lib = lib
+        self._ptr = None
+        self._lock = threading.Lock()
+        self._keep: list[object] = []  # ctypes arrays the chain points into
+        params = lib.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = lib.llama_sampler_chain_init(params)
+        self._ptr = chain
+        try:
+            self._build(vocab_ptr, n_vocab, opts)
+        except BaseException:
+            self.close()
+            raise
+        self.seed = opts.seed
+
+    def _add(self, smpl) -> None:
+        if not smpl:
+            raise ValueError("sampler: llama.cpp rejected the sampler parameters")
+        self._lib.llama_sampler_chain_add(self._ptr, smpl)
+
+    def _build(self, vocab_ptr, n_vocab: int, o: InferenceOptions) -> None:
+        lib = self._lib
+        if o.grammar:
+            mark = log_mark()
+            g = lib.llama_sampler_init_grammar(vocab_ptr, o.grammar.encode(), b"root")
+            if not g:
+                why = "; ".join(log_lines_since(mark, 5))
+                raise ValueError(f"grammar: could not parse the GBNF grammar ({why or 'syntax error'})")
+            self._add(g)
+        if o.logit_bias:
+            bad = [t for t in o.logit_bias if not 0 <= int(t) < n_vocab]
+            if bad:
+                raise ValueError(f"logit_bias: token id {bad[0]} is outside the vocabulary")
+            arr = (lib.llama_logit_bias * len(o.logit_bias))(
+                *(lib.llama_logit_bias(int(t), float(b)) for t, b in o.logit_bias.items()))
+            self._keep.append(arr)
+            self._add(lib.llama_sampler_init_logit_bias(n_vocab, len(o.logit_bias), arr))
+        if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
+            self._add(lib.llama_sampler_init_penalties(
+                o.repeat_last_n, o.repeat_penalty, o.frequency_penalty, o.presence_penalty))
+        if o.dry_multiplier > 0:
+            breakers = [s.encode() for s in o.dry_sequence_breakers]
+            arr = (ctypes.c_char_p * len(breakers))(*breakers)
+            self._keep.append(arr)
+            self._add(lib.llama_sampler_init_dry(
+                vocab_ptr, o.dry_multiplier, o.dry_base, o.dry_allowed_length,
+                o.dry_penalty_last_n, arr, len(breakers)))
+        if o.greedy:
+            self._add(lib.llama_sampler_init_greedy())
+            return
+        seed = o.seed if o.seed is not None else random.getrandbits(32)
+        if o.mirostat == 1:
+            self._add(lib.llama_sampler_init_temp(o.temperature))
+            self._add(lib.llama_sampler_init_mirostat(n_vocab, seed, o.mirostat_tau,
+                                                      o.mirostat_eta, 100))
+            return
+        if o.mirostat == 2:
+            self._add(lib.llama_sampler_init_temp(o.temperature))
+            self._add(lib.llama_sampler_init_mirostat_v2(seed, o.mirostat_tau, o.mirostat_eta))
+            return
+        if o.top_k > 0:
+            self._add(lib.llama_sampler_init_top_k(o.top_k))
+        if o.typical_p < 1.0:
+            self._add(lib.llama_sampler_init_typical(o.typical_p, 1))
+        if o.top_p < 1.0:
+            self._add(lib.llama_sampler_init_top_p(o.top_p, 1))
+        if o.min_p > 0.0:
+            self._add(lib.llama_sampler_init_min_p(o.min_p, 1))
+        if o.xtc_probability > 0.0:
+            self._add(lib.llama_sampler_init_xtc(o.xtc_probability, o.xtc_threshold, 1, seed))
+        self._add(lib.llama_sampler_init_temp(o.temperature))
+        self._add(lib.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx_ptr, row: int) -> int:
+        """Sample (and accept) the next token from output row ``row`` of the last decode."""
+        return self._lib.llama_sampler_sample(self._ptr, ctx_ptr, row)
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._ptr, token)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ptr is not None:
+                self._lib.llama_sampler_free(self._ptr)
+                self._ptr = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
