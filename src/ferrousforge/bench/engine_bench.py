@@ -1,0 +1,315 @@
+"""`ferrousforge bench engine`: the engine against raw llama_decode, in one process.
+
+Two parts, each measured through the engine and through bare llama_decode
+calls on a context of the same shape, so overhead shows as a ratio:
+
+- batched decode in the manner of llama-batched-bench: N sequences of P prompt
+  tokens generate G tokens each (greedy, EOS ignored, prompts distinct, no
+  prefix cache); the decode rate once every sequence is generating (S_TG),
+  end-to-end rate and time to first token.
+- pp/tg in the manner of llama-bench: one 512-token prompt, and 128 tokens
+  generated one at a time from a one-token prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ferrousforge.api.request import InferenceOptions
+from ferrousforge.bench.prompts import token_prompts
+from ferrousforge.bench.raw import RawDecoder
+from ferrousforge.bench.stats import median, ratio
+from ferrousforge.inference.backend import AcceleratorType, BackendConfig, ModelHandle
+from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
+from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineBenchConfig:
+    """What to measure. Defaults: issue 3's shapes on the default model, 2 threads."""
+
+    model: Path
+    levels: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    prompt_tokens: int = 128
+    gen_tokens: int = 128
+    threads: int = 2
+    batch_size: int = 512
+    pp_tokens: int = 512  # 0 skips pp
+    tg_tokens: int = 128  # 0 skips tg
+    repeat: int = 1  # batched runs per level (median kept); pp/tg run 3 x repeat times
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.levels or min(self.levels) < 1:
+            raise ValueError("levels: must be positive sequence counts")
+        if self.prompt_tokens < 1 or self.gen_tokens < 2:
+            raise ValueError("prompt_tokens: must be >= 1 and gen_tokens >= 2")
+        if self.repeat < 1:
+            raise ValueError("repeat: must be >= 1")
+
+
+@dataclass(slots=True)
+class LevelResult:
+    """One concurrency level; *_tps are generated tokens per second."""
+
+    sequences: int
+    engine_tg_tps: float  # while every sequence is generating (S_TG)
+    raw_tg_tps: float
+    tg_ratio: float
+    engine_e2e_tps: float  # all generated tokens / submit-to-last-token
+    raw_e2e_tps: float
+    e2e_ratio: float
+    engine_ttft_p50_s: float
+    raw_ttft_p50_s: float
+    mean_batch: float  # engine: sequences sampled per decode step
+    complete: bool  # every request got gen_tokens tokens
+
+
+@dataclass(slots=True)
+class SingleResult:
+    """A llama-bench test (pp512 or tg128): tokens per second."""
+
+    test: str
+    engine_tps: float
+    raw_tps: float
+    ratio: float
+
+
+@dataclass(slots=True)
+class EngineBenchReport:
+    config: dict
+    levels: list[LevelResult] = field(default_factory=list)
+    single: list[SingleResult] = field(default_factory=list)
+    started_at: str = ""
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Trace:
+    """One engine request as its consumer saw it."""
+
+    token_times: list[float] = field(default_factory=list)
+    n_tokens: int = 0
+    ttft_s: float = 0.0
+
+
+def _options(n: int) -> InferenceOptions:
+    return InferenceOptions(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+async def _consume(stream) -> _Trace:
+    tr = _Trace()
+    async for out in stream:
+        if out.token_ids:
+            tr.n_tokens += len(out.token_ids)
+            tr.token_times.extend([time.perf_counter()] * len(out.token_ids))
+        if out.finish_reason is not None:
+            tr.ttft_s = out.ttft_s
+    return tr
+
+
+async def _engine_run(
+    backend: LlamaCppBackend, handle: ModelHandle, prompts: list[list[int]], n_gen: int
+) -> tuple[list[_Trace], float, float]:
+    """Submit every prompt at once; returns the traces, the start time and the wall time."""
+    t0 = time.perf_counter()
+    streams = [s for p in prompts for s in backend.submit(handle, p, _options(n_gen))]
+    traces = await asyncio.gather(*(_consume(s) for s in streams))
+    return list(traces), t0, time.perf_counter() - t0
+
+
+def steady_rate(traces: list[_Trace]) -> float:
+    """Tokens/s between the last first token and the first last token: all sequences busy."""
+    if not traces or not all(tr.token_times for tr in traces):
+        return float("nan")
+    t_start = max(tr.token_times[0] for tr in traces)
+    t_end = min(tr.token_times[-1] for tr in traces)
+    if t_end <= t_start:
+        return float("nan")
+    n = sum(1 for tr in traces for t in tr.token_times if t_start < t <= t_end)
+    return n / (t_end - t_start)
+
+
+class _Loaded:
+    """A model loaded with one engine plus a second context of the same shape for raw runs."""
+
+    def __init__(
+        self, backend: LlamaCppBackend, handle: ModelHandle, config: BackendConfig
+    ) -> None:
+        self.backend, self.handle = backend, handle
+        lm = backend.loaded(handle)
+        self.engine = lm.engine
+        self.vocab = lm.vocab
+        self.raw_ctx = LlamaContext(load_library(config.library_path), lm.model, config)
+        self.raw = RawDecoder(self.raw_ctx)
+
+    @classmethod
+    async def open(cls, model: Path, config: BackendConfig) -> _Loaded:
+        backend = LlamaCppBackend()
+        handle = await backend.load_model(model, config, AcceleratorType.Cpu())
+        return cls(backend, handle, config)
+
+    async def close(self) -> None:
+        self.raw.close()
+        self.raw_ctx.close()
+        await self.backend.unload_model(self.handle)
+
+    async def warm_up(self) -> None:
+        """First decodes allocate compute buffers; keep that out of every timing."""
+        prompt = token_prompts(1, 8, self.vocab.n_tokens, seed=99)
+        self.raw.run(prompt, 4)
+        await _engine_run(self.backend, self.handle, prompt, 4)
+
+
+def _config(cfg: EngineBenchConfig, parallel: int, n_ctx: int) -> BackendConfig:
+    return BackendConfig(
+        num_threads=cfg.threads,
+        context_size=n_ctx,
+        batch_size=cfg.batch_size,
+        ubatch_size=cfg.batch_size,
+        max_parallel=parallel,
+        prefix_cache=False,
+    )
+
+
+async def bench_level(cfg: EngineBenchConfig, n_seqs: int) -> LevelResult:
+    """Batched decode of ``n_seqs`` sequences: engine and raw on the same context shape."""
+    n_ctx = n_seqs * (cfg.prompt_tokens + cfg.gen_tokens)
+    loaded = await _Loaded.open(cfg.model, _config(cfg, n_seqs, n_ctx))
+    try:
+        await loaded.warm_up()
+        runs = []
+        for r in range(cfg.repeat):
+            prompts = token_prompts(
+                n_seqs,
+                cfg.prompt_tokens,
+                loaded.vocab.n_tokens,
+                seed=cfg.seed + r,
+                avoid=loaded.vocab.eog_ids,
+            )
+            raw = loaded.raw.run(prompts, cfg.gen_tokens)
+            st = loaded.engine.stats
+            steps0, busy0 = st.decode_steps, st.busy_slots_sum
+            traces, _, wall = await _engine_run(
+                loaded.backend, loaded.handle, prompts, cfg.gen_tokens
+            )
+            steps, busy = st.decode_steps - steps0, st.busy_slots_sum - busy0
+            runs.append(
+                _level_result(
+                    n_seqs, cfg.gen_tokens, raw, traces, wall, busy / steps if steps else 0.0
+                )
+            )
+            log.info("level %d run %d: %s", n_seqs, r, runs[-1])
+        return _median_level(runs)
+    finally:
+        await loaded.close()
+
+
+def _level_result(
+    n_seqs: int, n_gen: int, raw, traces: list[_Trace], wall: float, mean_batch: float
+) -> LevelResult:
+    engine_tg = steady_rate(traces)
+    raw_tg = raw.decode_tokens / raw.decode_s if raw.decode_s else float("nan")
+    engine_e2e = sum(tr.n_tokens for tr in traces) / wall
+    raw_e2e = raw.generated / raw.total_s
+    return LevelResult(
+        sequences=n_seqs,
+        engine_tg_tps=engine_tg,
+        raw_tg_tps=raw_tg,
+        tg_ratio=ratio(engine_tg, raw_tg),
+        engine_e2e_tps=engine_e2e,
+        raw_e2e_tps=raw_e2e,
+        e2e_ratio=ratio(engine_e2e, raw_e2e),
+        engine_ttft_p50_s=median([tr.ttft_s for tr in traces]),
+        raw_ttft_p50_s=median(raw.ttft_s),
+        mean_batch=mean_batch,
+        complete=all(tr.n_tokens == n_gen for tr in traces),
+    )
+
+
+def _median_level(runs: list[LevelResult]) -> LevelResult:
+    """The run with the median engine/raw decode ratio (keeps each row from one run)."""
+    ordered = sorted(runs, key=lambda r: r.tg_ratio)
+    best = ordered[len(ordered) // 2]
+    best.complete = all(r.complete for r in runs)
+    return best
+
+
+async def bench_single(cfg: EngineBenchConfig) -> list[SingleResult]:
+    """llama-bench's pp<N> and tg<N>, each engine vs raw, alternating, median of the runs."""
+    n_ctx = max(cfg.pp_tokens + 1, cfg.tg_tokens + 1, 256)
+    loaded = await _Loaded.open(cfg.model, _config(cfg, 1, n_ctx))
+    results = []
+    try:
+        await loaded.warm_up()
+        n_vocab, avoid = loaded.vocab.n_tokens, loaded.vocab.eog_ids
+        tests = []
+        if cfg.pp_tokens:
+            tests.append((f"pp{cfg.pp_tokens}", cfg.pp_tokens, 1))
+        if cfg.tg_tokens:
+            tests.append((f"tg{cfg.tg_tokens}", 1, cfg.tg_tokens))
+        for name, n_prompt, n_gen in tests:
+            eng, raw = [], []
+            for r in range(3 * cfg.repeat):
+                prompt = token_prompts(1, n_prompt, n_vocab, seed=cfg.seed + r, avoid=avoid)
+                rr = loaded.raw.run(prompt, n_gen)
+                traces, _, wall = await _engine_run(loaded.backend, loaded.handle, prompt, n_gen)
+                if n_gen == 1:  # prompt processing: time to the first token
+                    raw.append(n_prompt / rr.prefill_s)
+                    eng.append(n_prompt / traces[0].ttft_s)
+                else:
+                    raw.append(n_gen / rr.total_s)
+                    eng.append(traces[0].n_tokens / wall)
+            e, w = median(eng), median(raw)
+            results.append(SingleResult(name, e, w, ratio(e, w)))
+    finally:
+        await loaded.close()
+    return results
+
+
+async def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchReport:
+    """Run every level, then pp/tg. One model load per context shape."""
+    t0 = time.perf_counter()
+    cfg_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    report = EngineBenchReport(
+        config=cfg_dict, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
+    for n in cfg.levels:
+        report.levels.append(await bench_level(cfg, n))
+    if cfg.pp_tokens or cfg.tg_tokens:
+        report.single = await bench_single(cfg)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def format_report(report: EngineBenchReport) -> str:
+    """The report as plain-text tables."""
+    c = report.config
+    lines = [
+        f"batched decode: {c['prompt_tokens']} prompt + {c['gen_tokens']} generated tokens "
+        f"per sequence, {c['threads']} threads, greedy, EOS ignored, no prefix cache",
+        f"{'seqs':>4} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} | {'e2e eng':>8} "
+        f"{'e2e raw':>8} {'ratio':>6} | {'ttft eng':>9} {'ttft raw':>9} {'batch':>5} ok",
+    ]
+    for r in report.levels:
+        lines.append(
+            f"{r.sequences:>4} {r.engine_tg_tps:>10.1f} {r.raw_tg_tps:>9.1f} {r.tg_ratio:>6.1%} | "
+            f"{r.engine_e2e_tps:>8.1f} {r.raw_e2e_tps:>8.1f} {r.e2e_ratio:>6.1%} | "
+            f"{r.engine_ttft_p50_s * 1000:>7.0f}ms {r.raw_ttft_p50_s * 1000:>7.0f}ms "
+            f"{r.mean_batch:>5.1f} {'yes' if r.complete else 'NO'}"
+        )
+    if report.single:
+        lines += ["", f"{'test':>6} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6}"]
+        for s in report.single:
+            lines.append(f"{s.test:>6} {s.engine_tps:>10.1f} {s.raw_tps:>9.1f} {s.ratio:>6.1%}")
+    return "\n".join(lines)
