@@ -6,7 +6,7 @@ import random
 
 # Common English words: almost all are one token (with their leading space) in
 # the BPE vocabularies of small chat models, so n words is close to n tokens.
-_WORDS = tuple(
+_WORD_TEXT = (
     "the of and to in is was for on are with as at be by this had not but what all were when "
     "we there can an your which their said if do will each about how up out them then she many "
     "some so these would other into has more her two like him see time could no make than first "
@@ -17,7 +17,8 @@ _WORDS = tuple(
     "away again off went old number great tell men say small every found still between name "
     "should home big give air line set own under read last never us left end along while might "
     "next sound below saw something thought both few those always looked show large often together"
-).split()
+)
+_WORDS = tuple(_WORD_TEXT.split())
 
 
 def token_prompts(

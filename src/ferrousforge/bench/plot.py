@@ -1,0 +1,43 @@
+"""PNG chart of a serve benchmark: throughput and time to first token vs concurrency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ferrousforge.bench.serve_bench import ServeReport
+
+
+def plot_serve(report: ServeReport, path: Path) -> None:
+    """One line per server; needs matplotlib (the `bench` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tps, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for srv in report.servers:
+        xs = [lv.concurrency for lv in srv.levels]
+        ax_tps.plot(xs, [lv.tokens_per_s for lv in srv.levels], marker="o", label=srv.name)
+        ax_ttft.plot(xs, [lv.ttft_p50_s * 1000 for lv in srv.levels], marker="o", label=srv.name)
+    cfg = report.config
+    ax_tps.set(
+        xlabel="concurrent requests", ylabel="generated tokens/s (aggregate)", title="Throughput"
+    )
+    ax_ttft.set(
+        xlabel="concurrent requests",
+        ylabel="time to first token p50 (ms)",
+        title="Time to first token",
+    )
+    for ax in (ax_tps, ax_ttft):
+        ax.grid(alpha=0.3)
+        ax.set_xscale("log", base=2)
+        ax.legend()
+    fig.suptitle(
+        f"{cfg['prompt_tokens']} prompt / {cfg['max_tokens']} generated tokens per "
+        f"request, {report.started_at}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,288 @@
+"""`ferrousforge bench serve`: load-test OpenAI-compatible servers with streaming completions.
+
+Each request streams POST /v1/completions with a prompt no other request shares,
+``max_tokens`` = ``min_tokens`` and ``ignore_eos`` so output length is fixed (servers
+that ignore one of the two still honour the other). ``concurrency`` workers share a
+queue of requests; one async client with no per-token work beyond parsing, so the
+client costs the server little CPU on a small machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+from ferrousforge.bench.prompts import text_prompt
+from ferrousforge.bench.sse import SSEParser, StreamTally
+from ferrousforge.bench.stats import percentile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServeBenchConfig:
+    """What to send. ``urls`` entries are ``URL`` or ``NAME=URL``."""
+
+    urls: list[str]
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    requests: int = 0  # per level; 0: max(4, 2 x concurrency)
+    max_tokens: int = 128
+    prompt_tokens: int = 128
+    model: str | None = None
+    timeout_s: float = 300.0
+    warmup: bool = True
+    extra_body: dict = field(default_factory=dict)  # merged into every request body
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("urls: give at least one server")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError("concurrency: must be positive integers")
+        if self.max_tokens < 1 or self.requests < 0:
+            raise ValueError("max_tokens: must be >= 1 and requests >= 0")
+
+    def n_requests(self, concurrency: int) -> int:
+        return self.requests or max(4, 2 * concurrency)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    ok: bool
+    n_tokens: int = 0
+    counted_by: str = "chunks"
+    ttft_s: float = float("nan")
+    itl_s: list[float] = field(default_factory=list)
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class LevelStats:
+    """One server at one concurrency level."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    complete: bool  # every request succeeded and got max_tokens tokens
+    incomplete: int  # successful requests with fewer or more tokens than asked
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    requests_per_s: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    itl_p50_s: float
+    itl_p95_s: float
+    counted_by: str
+    error_samples: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ServerResult:
+    name: str
+    url: str
+    model: str
+    levels: list[LevelStats] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ServeReport:
+    config: dict
+    servers: list[ServerResult] = field(default_factory=list)
+    started_at: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_url(entry: str) -> tuple[str, str]:
+    """``NAME=URL`` or ``URL`` -> (name, base URL without a trailing / or /v1)."""
+    name, sep, url = entry.partition("=")
+    if not sep or "://" in name:
+        name, url = "", entry
+    url = url.rstrip("/").removesuffix("/v1")
+    return name or url.split("://", 1)[-1], url
+
+
+async def discover_model(client: httpx.AsyncClient, url: str) -> str:
+    """The first model the server lists, or "default" if it lists none."""
+    try:
+        r = await client.get(f"{url}/v1/models", timeout=10)
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        return data[0]["id"] if data else "default"
+    except (httpx.HTTPError, ValueError, KeyError, IndexError) as e:
+        log.warning("%s: could not list models (%s); sending model=default", url, e)
+        return "default"
+
+
+def request_body(cfg: ServeBenchConfig, model: str, index: int) -> dict:
+    n_words = max(1, cfg.prompt_tokens)
+    body = {
+        "model": model,
+        "prompt": text_prompt(index, n_words),
+        "max_tokens": cfg.max_tokens,
+        "min_tokens": cfg.max_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body.update(cfg.extra_body)
+    return body
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, body: dict, timeout_s: float
+) -> RequestRecord:
+    """Stream one completion; never raises (failures become the record's error)."""
+    tally, parser = StreamTally(), SSEParser()
+    t0 = time.perf_counter()
+    try:
+        async with client.stream(
+            "POST", f"{url}/v1/completions", json=body, timeout=timeout_s
+        ) as r:
+            if r.status_code != 200:
+                detail = (await r.aread()).decode("utf-8", errors="replace")[:200]
+                return RequestRecord(
+                    False,
+                    error=f"HTTP {r.status_code}: {detail}",
+                    latency_s=time.perf_counter() - t0,
+                )
+            async for chunk in r.aiter_raw():
+                now = time.perf_counter()
+                for payload in parser.feed(chunk):
+                    tally.add(payload, now)
+            for payload in parser.close():
+                tally.add(payload, time.perf_counter())
+    except (httpx.HTTPError, OSError) as e:
+        return RequestRecord(
+            False, error=f"{type(e).__name__}: {e}", latency_s=time.perf_counter() - t0
+        )
+    return record_from_tally(tally, t0, time.perf_counter())
+
+
+def record_from_tally(tally: StreamTally, t0: float, t_end: float) -> RequestRecord:
+    times = tally.content_times
+    rec = RequestRecord(
+        ok=tally.error is None,
+        n_tokens=tally.n_tokens,
+        counted_by=tally.counted_by,
+        latency_s=t_end - t0,
+        error=tally.error,
+    )
+    if times:
+        rec.ttft_s = times[0] - t0
+        rec.itl_s = [b - a for a, b in itertools.pairwise(times)]
+    elif rec.ok:
+        rec.ok, rec.error = False, "the stream carried no text"
+    return rec
+
+
+async def run_level(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    cfg: ServeBenchConfig,
+    concurrency: int,
+    first_index: int,
+) -> LevelStats:
+    """``n_requests`` requests through ``concurrency`` workers that share one queue."""
+    n = cfg.n_requests(concurrency)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(first_index + i)
+    records: list[RequestRecord] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            body = request_body(cfg, model, queue.get_nowait())
+            records.append(await one_request(client, url, body, cfg.timeout_s))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(concurrency, records, time.perf_counter() - t0, cfg.max_tokens)
+
+
+def summarize(
+    concurrency: int, records: list[RequestRecord], wall_s: float, max_tokens: int
+) -> LevelStats:
+    ok = [r for r in records if r.ok]
+    ttft = [r.ttft_s for r in ok]
+    itl = [x for r in ok for x in r.itl_s]
+    tokens = sum(r.n_tokens for r in ok)
+    incomplete = sum(1 for r in ok if r.n_tokens != max_tokens)
+    errors = [r.error or "" for r in records if not r.ok]
+    return LevelStats(
+        concurrency=concurrency,
+        requests=len(records),
+        errors=len(errors),
+        complete=not errors and incomplete == 0,
+        incomplete=incomplete,
+        tokens=tokens,
+        wall_s=wall_s,
+        tokens_per_s=tokens / wall_s if wall_s else 0.0,
+        requests_per_s=len(ok) / wall_s if wall_s else 0.0,
+        ttft_p50_s=percentile(ttft, 50),
+        ttft_p95_s=percentile(ttft, 95),
+        itl_p50_s=percentile(itl, 50),
+        itl_p95_s=percentile(itl, 95),
+        counted_by="usage" if ok and all(r.counted_by == "usage" for r in ok) else "chunks",
+        error_samples=sorted(set(errors))[:3],
+    )
+
+
+async def bench_server(cfg: ServeBenchConfig, entry: str, index_base: int) -> ServerResult:
+    name, url = split_url(entry)
+    limits = httpx.Limits(
+        max_connections=max(cfg.concurrency) + 4, max_keepalive_connections=max(cfg.concurrency)
+    )
+    async with httpx.AsyncClient(limits=limits, timeout=cfg.timeout_s) as client:
+        model = cfg.model or await discover_model(client, url)
+        result = ServerResult(name, url, model)
+        if cfg.warmup:  # first requests pay for lazy allocations; keep them out of the figures
+            body = request_body(cfg, model, index_base - 1) | {"max_tokens": 4, "min_tokens": 4}
+            await one_request(client, url, body, cfg.timeout_s)
+        for k, c in enumerate(cfg.concurrency):
+            level = await run_level(client, url, model, cfg, c, index_base + 10_000 * k)
+            log.info("%s c=%d: %.1f tok/s, %d errors", name, c, level.tokens_per_s, level.errors)
+            result.levels.append(level)
+    return result
+
+
+async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
+    """Every server in turn (never two at once: they would share the CPU)."""
+    cfg_dict = asdict(cfg)
+    report = ServeReport(cfg_dict, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    for s, entry in enumerate(cfg.urls):
+        report.servers.append(await bench_server(cfg, entry, 1_000_000 * (s + 1)))
+    return report
+
+
+def format_serve(report: ServeReport) -> str:
+    """Plain-text table: one row per server and concurrency level."""
+    head = (
+        f"{'server':<18} {'conc':>4} {'reqs':>4} {'tok/s':>7} {'req/s':>6} "
+        f"{'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} {'itl p95':>8} {'err':>3} complete"
+    )
+    lines = [head]
+    for srv in report.servers:
+        for lv in srv.levels:
+            ok = "yes" if lv.complete else f"NO ({lv.incomplete} short)"
+            lines.append(
+                f"{srv.name[:18]:<18} {lv.concurrency:>4} {lv.requests:>4} "
+                f"{lv.tokens_per_s:>7.1f} {lv.requests_per_s:>6.2f} "
+                f"{_ms(lv.ttft_p50_s):>9} {_ms(lv.ttft_p95_s):>9} {_ms(lv.itl_p50_s):>8} "
+                f"{_ms(lv.itl_p95_s):>8} {lv.errors:>3} {ok}"
+            )
+            lines += [f"    error: {e}" for e in lv.error_samples]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1000:.0f}ms"
