@@ -53,3 +53,15 @@ class AcceleratorUnavailableError(FerrousForgeError):
 
 class DecodeError(FerrousForgeError):
     """llama_decode failed with a fatal error."""
+
+
+class AuthenticationError(FerrousForgeError):
+    """A request to the server carried no API key or a wrong one."""
+
+
+class RequestTooLargeError(FerrousForgeError):
+    """A request body is larger than the server accepts."""
+
+
+class ModelNotReadyError(FerrousForgeError):
+    """The server is still loading its models (or failed to)."""

@@ -3,25 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-from ferrousforge.cli import doctor
+from ferrousforge.cli import chat, doctor, info, run, serve
+
+EPILOG = """examples:
+  ferrousforge run "Why is the sky blue?"       answer one prompt with the bundled model
+  ferrousforge chat ./model.gguf                chat interactively
+  ferrousforge serve --port 8080                OpenAI-compatible server
+  ferrousforge info ./model.gguf                GGUF metadata
+  ferrousforge doctor                           check the llama.cpp library on this machine
+
+`ferrousforge COMMAND --help` shows each command's flags.
+"""
+
+
+def _register_optional(sub: argparse._SubParsersAction, module: str) -> None:
+    """Commands another package provides (bench) are added only when it is present."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    if hasattr(mod, "register"):
+        mod.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferrousforge",
-                                     description="Run and serve GGUF models on llama.cpp.")
+    parser = argparse.ArgumentParser(
+        prog="ferrousforge",
+        description="Run and serve GGUF models on llama.cpp.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    serve.register(sub)
+    run.register(sub)
+    chat.register(sub)
+    info.register(sub)
     doctor.register(sub)
+    _register_optional(sub, "ferrousforge.bench.cli")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose and args.command in ("serve", "run", "chat"):
+        logging.getLogger("ferrousforge").setLevel(logging.INFO)  # load progress, readiness
     return int(args.func(args) or 0)
 
 

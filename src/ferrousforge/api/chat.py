@@ -1,0 +1,187 @@
+"""POST /v1/chat/completions: messages through the model's chat template, choices out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ferrousforge.api.completions import Job, Prompt, submit, usage
+from ferrousforge.api.json_schema import json_object_gbnf, schema_to_gbnf
+from ferrousforge.api.logprobs import chat_logprobs
+from ferrousforge.api.options import GenerationPlan, max_tokens_for, plan_generation
+from ferrousforge.api.schemas import ChatCompletionRequest, ChatMessage, ResponseFormat
+from ferrousforge.api.sse import event, sse_response
+from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
+from ferrousforge.inference.backend import BackendInput
+from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.settings import ServerSettings
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the template expects them; content parts flattened to text."""
+    out = []
+    for i, m in enumerate(messages):
+        d = m.model_dump(exclude_none=True)
+        if isinstance(m.content, list):
+            texts = []
+            for part in m.content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(f"messages[{i}].content: only text parts are supported")
+                texts.append(part["text"])
+            d["content"] = "".join(texts)
+        d.setdefault("content", "")
+        out.append(d)
+    return out
+
+
+def grammar_for(fmt: ResponseFormat | None) -> str | None:
+    """The grammar that makes output match response_format (None for plain text)."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema":
+        schema = fmt.json_schema.schema_ if fmt.json_schema else None
+        if schema is None:
+            raise ValueError("response_format: json_schema.schema is required")
+        return schema_to_gbnf(schema)
+    return schema_to_gbnf(fmt.schema_) if fmt.schema_ else json_object_gbnf()
+
+
+def start(
+    req: ChatCompletionRequest,
+    backend: LlamaCppBackend,
+    lm: LoadedModel,
+    model_id: str,
+    settings: ServerSettings,
+    chat_template: str | None,
+) -> Job:
+    if req.tools and req.tool_choice != "none":
+        raise ValueError("tools: function calling is not supported")
+    grammar = grammar_for(req.response_format)
+    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=chat_template)
+    text = backend.render_chat(lm.handle, chat)
+    prompt = Prompt(text, backend.tokenize(lm.handle, text))
+    top = req.top_logprobs if req.top_logprobs is not None else 0
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ValueError("top_logprobs: requires logprobs to be true")
+
+    def plan_for(p: Prompt) -> GenerationPlan:
+        mt = max_tokens_for(
+            req,
+            default=None,
+            prompt_len=len(p.ids),
+            n_ctx=lm.n_ctx,
+            ceiling=settings.max_tokens_limit,
+        )
+        return plan_generation(
+            req, max_tokens=mt, grammar=grammar, logprobs=top if req.logprobs else None
+        )
+
+    streams, plan = submit(backend, lm, [prompt], plan_for, req.n)
+    return Job(model_id, lm, [prompt], streams, plan, req.n)
+
+
+async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Response:
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if req.stream:
+        return sse_response(_events(req, job, cid, created))
+    try:
+        choices = await unless_disconnected(
+            request, lambda: collect(job.streams, job.plan.zero_tokens)
+        )
+    except ClientDisconnected:
+        return Response(status_code=499)
+    body_choices, completion = [], 0
+    for i, ch in enumerate(choices):
+        assert ch.final is not None
+        body_choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": ch.text, "refusal": None},
+                "logprobs": chat_logprobs(job.lm.vocab, ch.logprobs) if req.logprobs else None,
+                "finish_reason": ch.final.finish_reason,
+            }
+        )
+        completion += ch.final.completion_tokens
+    cached = choices[0].final.cached_tokens if choices[0].final else 0
+    return JSONResponse(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": job.model_id,
+            "system_fingerprint": None,
+            "choices": body_choices,
+            "usage": usage(len(job.prompts[0].ids), completion, cached),
+        }
+    )
+
+
+async def _events(
+    req: ChatCompletionRequest, job: Job, cid: str, created: int
+) -> AsyncIterator[str]:
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    base: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": job.model_id,
+        "system_fingerprint": None,
+    }
+    if include_usage:
+        base["usage"] = None
+    for i in range(len(job.streams)):  # OpenAI's first chunk of each choice carries the role
+        yield event(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+    completion, cached = 0, 0
+    async for i, out in merge(job.streams, job.plan.zero_tokens):
+        lps = chat_logprobs(job.lm.vocab, out.logprobs) if req.logprobs and out.logprobs else None
+        if out.text or lps:
+            yield event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {"content": out.text},
+                            "logprobs": lps,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+        if out.finish_reason is not None:
+            yield event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": out.finish_reason,
+                        }
+                    ],
+                }
+            )
+            completion += out.completion_tokens
+            cached = out.cached_tokens if i == 0 else cached
+    if include_usage:
+        yield event(
+            {**base, "choices": [], "usage": usage(len(job.prompts[0].ids), completion, cached)}
+        )

@@ -1,0 +1,102 @@
+"""The one mapping from exception class to HTTP status and OpenAI's error body."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ferrousforge.errors import (
+    AuthenticationError,
+    ChatTemplateError,
+    ContextOverflowError,
+    EngineOverloadedError,
+    EngineStoppedError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+)
+
+log = logging.getLogger(__name__)
+
+# class -> (status, OpenAI error type, code); the first matching class wins, so subclasses
+# come before their bases (ContextOverflowError is a ValueError).
+ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
+    (AuthenticationError, 401, "invalid_request_error", "invalid_api_key"),
+    (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (ContextOverflowError, 400, "invalid_request_error", "context_length_exceeded"),
+    (RequestTooLargeError, 413, "invalid_request_error", "request_too_large"),
+    (EngineOverloadedError, 503, "server_error", "overloaded"),
+    (ModelNotReadyError, 503, "server_error", "model_loading"),
+    (EngineStoppedError, 503, "server_error", "engine_stopped"),
+    (ChatTemplateError, 400, "invalid_request_error", "chat_template_error"),
+    (ValueError, 400, "invalid_request_error", None),
+]
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _param_of(message: str) -> str | None:
+    """Our ValueErrors read 'field: must be ...'; the field is the param."""
+    head, sep, _ = message.partition(":")
+    return head if sep and head and " " not in head else None
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The JSON response for any exception (500 for the unexpected ones)."""
+    for cls, status, type_, code in ERROR_MAP:
+        if isinstance(exc, cls):
+            headers = {}
+            if isinstance(exc, EngineOverloadedError | ModelNotReadyError):
+                retry = getattr(exc, "retry_after", 1.0)
+                headers["Retry-After"] = str(max(1, math.ceil(retry)))
+            if isinstance(exc, AuthenticationError):
+                headers["WWW-Authenticate"] = "Bearer"
+            message = str(exc)
+            return JSONResponse(
+                error_body(message, type_, _param_of(message), code),
+                status_code=status,
+                headers=headers,
+            )
+    log.error("internal error", exc_info=exc)
+    return JSONResponse(
+        error_body(f"internal server error: {type(exc).__name__}", "server_error"), status_code=500
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}", None
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid request")
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app can produce leaves in OpenAI's shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(
+            error_body(str(exc.detail), type_),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)

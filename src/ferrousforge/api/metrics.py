@@ -1,0 +1,82 @@
+"""GET /metrics: each loaded engine's statistics in Prometheus' text format."""
+
+from __future__ import annotations
+
+from ferrousforge.engine.stats import EngineStats, Histogram
+from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
+
+PREFIX = "ferrousforge_"
+
+# (name, help, EngineStats attribute)
+_COUNTERS = [
+    ("prompt_tokens_total", "Prompt tokens processed", "prompt_tokens"),
+    ("generation_tokens_total", "Tokens generated", "generated_tokens"),
+    (
+        "cached_prompt_tokens_total",
+        "Prompt tokens reused from the prefix cache",
+        "cached_prompt_tokens",
+    ),
+    ("prefix_cache_hits_total", "Requests that reused a cached prefix", "prefix_cache_hits"),
+    ("requests_finished_total", "Requests finished normally", "requests_finished"),
+    ("requests_aborted_total", "Requests aborted (client left or error)", "requests_aborted"),
+    ("requests_rejected_total", "Requests refused because the queue was full", "requests_rejected"),
+    ("preemptions_total", "Sequences preempted because the KV cache was full", "preemptions"),
+    ("decode_steps_total", "llama_decode calls", "decode_steps"),
+]
+_HISTOGRAMS = [
+    ("time_to_first_token_seconds", "Time from arrival to first token", "ttft"),
+    ("inter_token_latency_seconds", "Time between consecutive tokens", "inter_token"),
+    ("request_latency_seconds", "Time from arrival to the end of the request", "request_latency"),
+]
+
+
+def _histogram(lines: list[str], name: str, label: str, h: Histogram) -> None:
+    for bound, count in h.cumulative():
+        lines.append(f'{name}_bucket{{{label},le="{bound}"}} {count}')
+    lines.append(f'{name}_bucket{{{label},le="+Inf"}} {h.n}')
+    lines.append(f"{name}_sum{{{label}}} {h.total}")
+    lines.append(f"{name}_count{{{label}}} {h.n}")
+
+
+def _gauges(lm: LoadedModel) -> list[tuple[str, str, float]]:
+    sched = lm.engine.scheduler
+    st: EngineStats = lm.engine.stats
+    # Read live from the scheduler: stats.running/waiting are only refreshed on a decode step.
+    return [
+        ("requests_running", "Requests holding a slot", len(sched.running)),
+        ("requests_waiting", "Requests queued for a slot", len(sched.waiting)),
+        ("busy_slots", "Slots in use now", sched.busy_slots()),
+        ("slots_total", "Parallel sequence slots", len(sched.slots)),
+        (
+            "mean_busy_slots_per_decode",
+            "Mean sequences sampled per decode step",
+            st.mean_busy_slots,
+        ),
+    ]
+
+
+def render_metrics(models: dict[str, LoadedModel]) -> str:
+    """Prometheus exposition text for every loaded model (label model="id")."""
+    sections: dict[str, list[str]] = {}
+
+    def section(name: str, help_: str, kind: str) -> list[str]:
+        full = PREFIX + name
+        if full not in sections:
+            sections[full] = [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"]
+        return sections[full]
+
+    for mid, lm in models.items():
+        label = f'model="{mid}"'
+        st = lm.engine.stats
+        with st.lock:
+            for name, help_, attr in _COUNTERS:
+                section(name, help_, "counter").append(
+                    f"{PREFIX}{name}{{{label}}} {getattr(st, attr)}"
+                )
+            for name, help_, attr in _HISTOGRAMS:
+                _histogram(
+                    section(name, help_, "histogram"), PREFIX + name, label, getattr(st, attr)
+                )
+        for name, help_, value in _gauges(lm):
+            section(name, help_, "gauge").append(f"{PREFIX}{name}{{{label}}} {value}")
+    return "\n".join(line for lines in sections.values() for line in lines) + "\n"

@@ -1,0 +1,158 @@
+"""The HTTP endpoints: thin functions that look up the model and hand off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ferrousforge.api import chat, completions
+from ferrousforge.api.metrics import render_metrics
+from ferrousforge.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from ferrousforge.errors import ModelNotReadyError
+from ferrousforge.inference.backend import BackendInput
+from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
+from ferrousforge.models.registry import ModelRegistry
+from ferrousforge.settings import ServerSettings
+
+router = APIRouter()
+
+
+@dataclass(slots=True)
+class ServerState:
+    settings: ServerSettings
+    registry: ModelRegistry
+    started: int
+    load_error: str | None = None
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.ff
+
+
+def model_for(request: Request, name: str | None) -> tuple[str, LoadedModel]:
+    """(id, loaded model) for a request's 'model' field; 404 for an unknown name."""
+    st = state(request)
+    spec = st.registry.spec(name if name is not None else st.registry.default_id)
+    if spec.id not in st.registry.loaded:
+        raise ModelNotReadyError(st.load_error or f"model '{spec.id}' is still loading")
+    return spec.id, st.registry.get(spec.id)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    st = state(request)
+    mid, lm = model_for(request, body.model)
+    job = completions.start(body, st.registry.backend, lm, mid, st.settings)
+    return await completions.respond(body, job, request)
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    st = state(request)
+    mid, lm = model_for(request, body.model)
+    template = st.registry.spec(mid).chat_template
+    job = chat.start(body, st.registry.backend, lm, mid, st.settings, template)
+    return await chat.respond(body, job, request)
+
+
+def _model_card(st: ServerState, mid: str) -> dict:
+    card = {"id": mid, "object": "model", "created": st.started, "owned_by": "ferrousforge"}
+    lm = st.registry.loaded.get(mid)
+    if lm is not None:
+        card["meta"] = {
+            "path": str(lm.handle.path),
+            "description": lm.model.description,
+            "n_ctx": lm.n_ctx,
+            "n_ctx_train": lm.model.n_ctx_train,
+            "n_vocab": lm.vocab.n_tokens,
+            "slots": lm.engine.runner.n_slots,
+        }
+    return card
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    st = state(request)
+    return {"object": "list", "data": [_model_card(st, s.id) for s in st.registry.specs]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict:
+    st = state(request)
+    return _model_card(st, st.registry.spec(model_id).id)
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    st = state(request)
+    if st.load_error:
+        return JSONResponse({"status": "error", "message": st.load_error}, status_code=503)
+    if not st.registry.ready:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(
+        render_metrics(dict(state(request).registry.loaded)), media_type="text/plain; version=0.0.4"
+    )
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+    st = state(request)
+    mid, lm = model_for(request, body.model)
+    backend = st.registry.backend
+    if body.messages is not None:
+        msgs = chat.message_dicts(body.messages)
+        text = backend.render_chat(
+            lm.handle, BackendInput.Chat(msgs, chat_template=st.registry.spec(mid).chat_template)
+        )
+    else:
+        text = body.content if body.content is not None else body.prompt
+        if text is None:
+            raise ValueError("content: one of content, prompt or messages is required")
+    ids = lm.vocab.tokenize(text, add_special=body.add_special, parse_special=True)
+    tokens: list = ids
+    if body.with_pieces:
+        tokens = [{"id": t, "piece": lm.vocab.token_text(t)} for t in ids]
+    return {"tokens": tokens, "count": len(ids), "max_model_len": lm.n_ctx}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
+    _, lm = model_for(request, body.model)
+    lm.vocab.check_ids(body.tokens, "tokens")
+    text = lm.vocab.detokenize(body.tokens)
+    return {"content": text, "prompt": text}
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request, model: str | None = None) -> dict:
+    mid, lm = model_for(request, model)
+    v = lm.vocab
+
+    def text(t: int) -> str | None:
+        return v.token_text(t) if t >= 0 else None
+
+    return {
+        "model": mid,
+        "vocab_size": v.n_tokens,
+        "bos_token": text(v.bos),
+        "bos_token_id": v.bos if v.bos >= 0 else None,
+        "eos_token": text(v.eos),
+        "eos_token_id": v.eos if v.eos >= 0 else None,
+        "eog_token_ids": sorted(v.eog_ids),
+        "add_bos_token": v.add_bos,
+        "model_max_length": lm.n_ctx,
+        "chat_template": state(request).registry.spec(mid).chat_template or lm.model.chat_template,
+        "tokenizer_model": lm.info.metadata.get("tokenizer.ggml.model"),
+    }

@@ -1,0 +1,88 @@
+"""Loading a model from the command line: a progress bar on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+log = logging.getLogger("ferrousforge")
+
+
+class LoadProgress:
+    """A progress callback for BackendConfig: redraws one bar on a TTY, else logs milestones."""
+
+    def __init__(self, name: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.width = width
+        self.started = time.perf_counter()
+        self._last_logged = -1
+
+    def __call__(self, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.tty:
+            done = int(fraction * self.width)
+            bar = "#" * done + "-" * (self.width - done)
+            end = "\n" if fraction >= 1.0 else ""
+            self.stream.write(f"\rloading {self.name} [{bar}] {fraction:4.0%}{end}")
+            self.stream.flush()
+            return
+        step = int(fraction * 4)  # 0%, 25%, 50%, 75%, 100%: enough for a log file
+        if step > self._last_logged:
+            self._last_logged = step
+            log.info("loading %s: %d%%", self.name, step * 25)
+
+    def finished(self) -> None:
+        log.info("loaded %s in %.2f s", self.name, time.perf_counter() - self.started)
+
+
+def progress_for(name: str) -> Callable[[float], None]:
+    return LoadProgress(name)
+
+
+def add_model_arguments(p) -> None:
+    """Flags shared by run and chat: how to load the model and how to sample."""
+    g = p.add_argument_group("model")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--ctx-size", type=int, default=4096, help="context size in tokens")
+    g.add_argument(
+        "--llama-lib",
+        default=None,
+        metavar="PATH",
+        help="use this libllama instead of the bundled one [env FERROUSFORGE_LLAMA_LIB]",
+    )
+    s = p.add_argument_group("sampling")
+    s.add_argument("--max-tokens", type=int, default=512, help="most tokens per answer")
+    s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    s.add_argument("--top-p", type=float, default=0.95)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--system", default=None, help="system message")
+
+
+def load_cli_model(model: str | None, args, parallel: int = 1):
+    """Load MODEL (path, alias or None for the default) for run/chat: (backend, loaded, id)."""
+    import os
+
+    from ferrousforge.inference.backend import AcceleratorType, BackendConfig
+    from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
+    from ferrousforge.models.registry import resolve_model_path
+
+    mid, path = resolve_model_path(model)
+    progress = LoadProgress(mid)
+    kwargs = dict(
+        context_size=args.ctx_size,
+        max_parallel=parallel,
+        max_waiting=1,
+        library_path=args.llama_lib or os.environ.get("FERROUSFORGE_LLAMA_LIB"),
+        progress_callback=progress,
+    )
+    if args.threads:
+        kwargs["num_threads"] = args.threads
+    backend = LlamaCppBackend()
+    lm = backend.load_model_sync(path, BackendConfig(**kwargs), AcceleratorType.Cpu())
+    progress.finished()
+    return backend, lm, mid

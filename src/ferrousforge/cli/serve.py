@@ -1,0 +1,76 @@
+"""`ferrousforge serve`: the OpenAI-compatible HTTP server (flags generated from the settings)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ferrousforge.cli.loading import LoadProgress
+from ferrousforge.errors import FerrousForgeError
+from ferrousforge.inference.gguf import validate_gguf
+from ferrousforge.settings import (
+    ServerSettings,
+    add_settings_arguments,
+    load_settings,
+    read_config,
+    settings_from_args,
+)
+
+EPILOG = """examples:
+  ferrousforge serve                                   # the bundled SmolLM2-135M on :8080
+  ferrousforge serve --model ./qwen2.5-0.5b-q4_k_m.gguf --parallel 8 --ctx-size 8192
+  ferrousforge serve --config models.toml --api-key sk-local
+  FERROUSFORGE_API_KEY=k1,k2 FERROUSFORGE_PORT=9000 ferrousforge serve
+
+then:
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"messages": [{"role": "user", "content": "Hello"}]}'
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible HTTP API",
+        description="Serve GGUF models over an OpenAI-compatible HTTP API. "
+        "Every flag is also an env var FERROUSFORGE_<NAME>.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="config file with [server] settings and [[models]] (see docs/server.md)",
+    )
+    add_settings_arguments(p, ServerSettings)
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: `ferrousforge info` should not pay for it
+
+    from ferrousforge.api.app import create_app
+    from ferrousforge.models.registry import model_specs
+
+    try:
+        config = read_config(args.config) if args.config else None
+        settings = load_settings(settings_from_args(args), config)
+        specs = model_specs(settings, config.models if config else None)
+        for spec in specs:  # a bad file should stop us here, not after the server is up
+            validate_gguf(spec.path, check_architecture=False)
+            spec.config.progress_callback = LoadProgress(spec.id)
+    except (FerrousForgeError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper())
+    logging.getLogger("ferrousforge").setLevel(level)
+    app = create_app(settings, specs)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return 0

@@ -1,0 +1,193 @@
+"""Server configuration: one settings model, the source of CLI flags and env vars.
+
+Precedence, highest first: command-line flags, ``FERROUSFORGE_*`` environment
+variables, the ``[server]`` table of the TOML config file, the defaults below.
+The config file may also declare several models (``[[models]]``) with aliases
+and per-model settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FERROUSFORGE_"
+
+
+def _split_commas(value: Any) -> Any:
+    """Env vars carry lists as ``a,b,c``; the CLI and TOML already give lists."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class ModelSettings(BaseModel):
+    """One model the server may load; every unset field falls back to the server's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str | None = Field(None, description="name clients use in the 'model' field")
+    path: str = Field(description="path to the .gguf file (relative to the config file)")
+    ctx_size: int | None = Field(None, ge=0)
+    parallel: int | None = Field(None, ge=1, le=256)
+    threads: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    max_waiting: int | None = Field(None, ge=0)
+    chat_template: str | None = Field(None, description="Jinja2 template overriding the GGUF's")
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``ferrousforge serve`` can be told. Each field is a flag and an env var."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    model: str | None = Field(
+        None,
+        description="model path or alias to serve (default: the bundled model, or every "
+        "model in --config)",
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    api_key: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API key clients must send as 'Authorization: Bearer KEY' (repeatable; "
+        "env: comma-separated)",
+    )
+    parallel: int = Field(4, ge=1, le=256, description="sequences decoded together per model")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    ctx_size: int = Field(
+        0,
+        ge=0,
+        description="KV cache size in tokens, shared by all sequences (0: min(model's, 8192))",
+    )
+    batch_size: int = Field(512, ge=1, description="tokens per llama_decode")
+    max_waiting: int = Field(
+        64, ge=0, description="requests queued beyond the running ones before answering 503"
+    )
+    max_tokens_limit: int = Field(
+        4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (repeatable; off when empty)"
+    )
+    llama_lib: str | None = Field(
+        None, description="use this libllama (file or directory) instead of the bundled one"
+    )
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("api_key", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level: must be debug, info, warning or error")
+        return value.lower()
+
+
+class ConfigFile(BaseModel):
+    """The TOML config file: a ``[server]`` table and any number of ``[[models]]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: dict[str, Any] = Field(default_factory=dict)
+    models: list[ModelSettings] = Field(default_factory=list)
+
+
+def read_config(path: Path | str) -> ConfigFile:
+    """Parse a TOML config file; relative model paths are taken from the file's folder."""
+    path = Path(path)
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    config = ConfigFile.model_validate(data)
+    unknown = set(config.server) - set(ServerSettings.model_fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
+    for m in config.models:
+        p = Path(m.path).expanduser()
+        m.path = str(p if p.is_absolute() else (path.parent / p))
+    return config
+
+
+def load_settings(
+    cli: dict[str, Any] | None = None, config: ConfigFile | None = None
+) -> ServerSettings:
+    """Merge CLI values, env vars and the config file's [server] table (in that order)."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    from_env = ServerSettings().model_fields_set  # fields the environment set
+    file_values = {k: v for k, v in (config.server if config else {}).items() if k not in from_env}
+    return ServerSettings(**{**file_values, **cli})
+
+
+# ---- CLI flags from the settings model ---------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    """int for ``int | None``, list for ``Annotated[list[str], ...]``."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, cls: type[BaseSettings] = ServerSettings
+) -> None:
+    """Add one flag per settings field; unset flags stay None so env and defaults apply."""
+    for name, info in cls.model_fields.items():
+        base = _base_type(info.annotation)
+        default = info.get_default(call_default_factory=True)
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{info.description or name} [env {env}; default {default!r}]"
+        if typing.get_origin(base) is list:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action="append",
+                default=None,
+                metavar=name.upper(),
+                help=help_text,
+            )
+        elif base is bool:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                type=base,
+                default=None,
+                metavar=name.upper(),
+                help=help_text,
+            )
+
+
+def settings_from_args(
+    args: argparse.Namespace, cls: type[BaseSettings] = ServerSettings
+) -> dict[str, Any]:
+    """The flags the user actually gave, keyed by settings field."""
+    return {n: getattr(args, n) for n in cls.model_fields if getattr(args, n, None) is not None}
