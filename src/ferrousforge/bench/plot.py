@@ -28,9 +28,13 @@ def plot_serve(report: ServeReport, path: Path) -> None:
         ylabel="time to first token p50 (ms)",
         title="Time to first token",
     )
+    levels = sorted({lv.concurrency for srv in report.servers for lv in srv.levels})
     for ax in (ax_tps, ax_ttft):
         ax.grid(alpha=0.3)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
         ax.legend()
     fig.suptitle(
         f"{cfg['prompt_tokens']} prompt / {cfg['max_tokens']} generated tokens per "

@@ -36,6 +36,7 @@ class ServeBenchConfig:
     model: str | None = None
     timeout_s: float = 300.0
     warmup: bool = True
+    ready_s: float = 120.0  # how long warm-up retries while a server is still loading
     extra_body: dict = field(default_factory=dict)  # merged into every request body
 
     def __post_init__(self) -> None:
@@ -237,6 +238,20 @@ def summarize(
     )
 
 
+async def warm_up(client: httpx.AsyncClient, url: str, body: dict, ready_s: float) -> None:
+    """Wait until a short completion succeeds: some servers list models before they load
+    them, and first requests pay for lazy allocations. Keeps both out of the figures."""
+    body = body | {"max_tokens": 4, "min_tokens": 4}
+    deadline = time.monotonic() + ready_s
+    while True:
+        rec = await one_request(client, url, body, timeout_s=max(1.0, ready_s))
+        if rec.ok or time.monotonic() > deadline:
+            if not rec.ok:
+                log.warning("%s: warm-up request failed (%s); measuring anyway", url, rec.error)
+            return
+        await asyncio.sleep(0.5)
+
+
 async def bench_server(cfg: ServeBenchConfig, entry: str, index_base: int) -> ServerResult:
     name, url = split_url(entry)
     limits = httpx.Limits(
@@ -245,9 +260,8 @@ async def bench_server(cfg: ServeBenchConfig, entry: str, index_base: int) -> Se
     async with httpx.AsyncClient(limits=limits, timeout=cfg.timeout_s) as client:
         model = cfg.model or await discover_model(client, url)
         result = ServerResult(name, url, model)
-        if cfg.warmup:  # first requests pay for lazy allocations; keep them out of the figures
-            body = request_body(cfg, model, index_base - 1) | {"max_tokens": 4, "min_tokens": 4}
-            await one_request(client, url, body, cfg.timeout_s)
+        if cfg.warmup:
+            await warm_up(client, url, request_body(cfg, model, index_base - 1), cfg.ready_s)
         for k, c in enumerate(cfg.concurrency):
             level = await run_level(client, url, model, cfg, c, index_base + 10_000 * k)
             log.info("%s c=%d: %.1f tok/s, %d errors", name, c, level.tokens_per_s, level.errors)
