@@ -97,6 +97,11 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
-    async def _any(_: Request, exc: Exception) -> JSONResponse:
+    async def _mapped(_: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
+
+    # Handlers for our classes run in ExceptionMiddleware and end the request cleanly; the
+    # catch-all for Exception runs in ServerErrorMiddleware, which re-raises after answering.
+    for cls, *_ in ERROR_MAP:
+        app.add_exception_handler(cls, _mapped)
+    app.add_exception_handler(Exception, _mapped)
