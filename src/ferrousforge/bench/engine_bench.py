@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.bench.breakdown import StepBreakdown, StepTimes
 from ferrousforge.bench.prompts import token_prompts
-from ferrousforge.bench.raw import RawDecoder
+from ferrousforge.bench.raw import RawDecoder, RawRun
 from ferrousforge.bench.stats import median, ratio
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig, ModelHandle
 from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
@@ -70,6 +71,7 @@ class LevelResult:
     raw_ttft_p50_s: float
     mean_batch: float  # engine: sequences sampled per decode step
     complete: bool  # every request got gen_tokens tokens
+    breakdown: dict[str, float] = field(default_factory=dict)  # ms per step, engine and raw
 
 
 @dataclass(slots=True)
@@ -200,15 +202,16 @@ async def bench_level(cfg: EngineBenchConfig, n_seqs: int) -> LevelResult:
             raw = loaded.raw.run(prompts, cfg.gen_tokens)
             st = loaded.engine.stats
             steps0, busy0 = st.decode_steps, st.busy_slots_sum
-            traces, _, wall = await _engine_run(
-                loaded.backend, loaded.handle, prompts, cfg.gen_tokens
-            )
-            steps, busy = st.decode_steps - steps0, st.busy_slots_sum - busy0
-            runs.append(
-                _level_result(
-                    n_seqs, cfg.gen_tokens, raw, traces, wall, busy / steps if steps else 0.0
+            with StepBreakdown(loaded.engine) as bd:
+                traces, _, wall = await _engine_run(
+                    loaded.backend, loaded.handle, prompts, cfg.gen_tokens
                 )
+            steps, busy = st.decode_steps - steps0, st.busy_slots_sum - busy0
+            result = _level_result(
+                n_seqs, cfg.gen_tokens, raw, traces, wall, busy / steps if steps else 0.0
             )
+            result.breakdown = _breakdown(bd.times, raw, cfg.gen_tokens)
+            runs.append(result)
             log.info("level %d run %d: %s", n_seqs, r, runs[-1])
         return _median_level(runs)
     finally:
@@ -216,7 +219,7 @@ async def bench_level(cfg: EngineBenchConfig, n_seqs: int) -> LevelResult:
 
 
 def _level_result(
-    n_seqs: int, n_gen: int, raw, traces: list[_Trace], wall: float, mean_batch: float
+    n_seqs: int, n_gen: int, raw: RawRun, traces: list[_Trace], wall: float, mean_batch: float
 ) -> LevelResult:
     engine_tg = steady_rate(traces)
     raw_tg = raw.decode_tokens / raw.decode_s if raw.decode_s else float("nan")
@@ -235,6 +238,19 @@ def _level_result(
         mean_batch=mean_batch,
         complete=all(tr.n_tokens == n_gen for tr in traces),
     )
+
+
+def _breakdown(times: StepTimes, raw: RawRun, n_gen: int) -> dict[str, float]:
+    """Engine: mean ms per decoding step (prefill steps included) split into llama_decode,
+    sampling and the rest (Python); raw: the same for its pure generation steps."""
+    out = {f"engine_{k}": v for k, v in times.per_step_ms().items()}
+    out["engine_steps"] = times.steps
+    gen_steps = max(1, n_gen - 1)
+    out["raw_step_ms"] = 1000 * raw.decode_s / gen_steps
+    out["raw_decode_ms"] = 1000 * raw.decode_only_s / gen_steps
+    out["raw_sample_ms"] = 1000 * raw.sample_s / gen_steps
+    out["raw_python_ms"] = out["raw_step_ms"] - out["raw_decode_ms"] - out["raw_sample_ms"]
+    return out
 
 
 def _median_level(runs: list[LevelResult]) -> LevelResult:
@@ -308,6 +324,22 @@ def format_report(report: EngineBenchReport) -> str:
             f"{r.engine_ttft_p50_s * 1000:>7.0f}ms {r.raw_ttft_p50_s * 1000:>7.0f}ms "
             f"{r.mean_batch:>5.1f} {'yes' if r.complete else 'NO'}"
         )
+    lines += [
+        "",
+        "per decode step, ms (engine: every step incl. prefill; raw: generation steps)",
+        f"{'seqs':>4} {'eng step':>8} {'decode':>7} {'sample':>7} {'python':>7} {'py p50':>7} "
+        f"{'py max':>7} | {'raw step':>8} {'decode':>7} {'sample':>7} {'python':>7}",
+    ]
+    for r in report.levels:
+        b = r.breakdown
+        if b:
+            lines.append(
+                f"{r.sequences:>4} {b['engine_step_ms']:>8.2f} {b['engine_decode_ms']:>7.2f} "
+                f"{b['engine_sample_ms']:>7.3f} {b['engine_python_ms']:>7.3f} "
+                f"{b['engine_python_p50_ms']:>7.3f} {b['engine_python_max_ms']:>7.2f} | "
+                f"{b['raw_step_ms']:>8.2f} {b['raw_decode_ms']:>7.2f} {b['raw_sample_ms']:>7.3f} "
+                f"{b['raw_python_ms']:>7.3f}"
+            )
     if report.single:
         lines += ["", f"{'test':>6} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6}"]
         for s in report.single:

@@ -27,6 +27,8 @@ class RawRun:
     prefill_s: float = 0.0
     decode_s: float = 0.0  # decode steps after every sequence had its first token
     decode_tokens: int = 0
+    decode_only_s: float = 0.0  # of decode_s: inside llama_decode (the rest: sampling, Python)
+    sample_s: float = 0.0  # of decode_s: inside llama_sampler_sample
     ttft_s: list[float] = field(default_factory=list)  # per sequence, from the start
     outputs: list[list[int]] = field(default_factory=list)
 
@@ -114,7 +116,11 @@ class RawDecoder:
             b.token[:n] = [o[-1] for o in out.outputs]
             b.pos[:n] = pos
             pos += 1
+            t0 = time.perf_counter()
             self._decode()
+            t1 = time.perf_counter()
             for i in range(n):
                 out.outputs[i].append(lib.llama_sampler_sample(samplers[i], ctx_ptr, i))
+            out.sample_s += time.perf_counter() - t1
+            out.decode_only_s += t1 - t0
             out.decode_tokens += n
