@@ -71,6 +71,13 @@ start() {  # name, then the command
   echo "ferrousforge: $(git -C "$root" describe --always --dirty)"
 } | tee "$out/versions.txt"
 
+# llama-cpp-python's server needs its [server] extra's pure-Python packages (the `bench`
+# extra of pyproject.toml); install only those, never llama-cpp-python itself.
+if ! skipped llama-cpp-python && ! "$PY" -c 'import sse_starlette, starlette_context, yaml' 2>/dev/null; then
+  "$PY" -m pip install --quiet 'sse-starlette>=1.6.1' 'starlette-context>=0.3.6,<0.4' 'PyYAML>=5.1' \
+    || { echo "could not install llama-cpp-python's server deps: skipping it" >&2; SKIP="$SKIP,llama-cpp-python"; }
+fi
+
 # The servers idle while another is measured: the client runs them one at a time.
 skipped llama-server || start llama-server "$tools/llama-server" -m "$MODEL" -t "$THREADS" \
   -tb "$THREADS" -c "$CTX" -np "$PARALLEL" --host 127.0.0.1 --no-webui
