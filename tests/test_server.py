@@ -47,10 +47,20 @@ def _free_port() -> int:
 
 def _start(args: list[str], env: dict[str, str], key: str | None) -> Iterator[Server]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(port),
-           "--threads", "2", *args]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ferrousforge.cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--threads",
+        "2",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
@@ -77,8 +87,9 @@ def _start(args: list[str], env: dict[str, str], key: str | None) -> Iterator[Se
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     env = {"FERROUSFORGE_API_KEY": ",".join(KEYS)}  # keys from the env, comma-separated
-    yield from _start(["--parallel", "4", "--ctx-size", str(CTX), "--max-body-bytes", "65536"],
-                      env, KEYS[0])
+    yield from _start(
+        ["--parallel", "4", "--ctx-size", str(CTX), "--max-body-bytes", "65536"], env, KEYS[0]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +123,12 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
 
 
 def test_completion(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is",
-                                  max_tokens=5, temperature=0)
+    r = client.completions.create(
+        model="smollm2-135m-instruct",
+        prompt="The capital of France is",
+        max_tokens=5,
+        temperature=0,
+    )
     assert len(r.choices) == 1 and r.choices[0].text
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.completion_tokens <= 5 and r.usage.prompt_tokens > 0
@@ -123,14 +138,16 @@ def test_completion(client: openai.OpenAI) -> None:
 def test_completion_prompt_forms(client: openai.OpenAI, server: Server) -> None:
     ids = server.http().post("/tokenize", json={"content": "Hello there"}).json()["tokens"]
     for prompt, n_choices in (["a", "b", "c"], 3), (ids, 1), ([ids, ids], 2):
-        r = client.completions.create(model="smollm2-135m-instruct", prompt=prompt, max_tokens=2,
-                                      temperature=0)
+        r = client.completions.create(
+            model="smollm2-135m-instruct", prompt=prompt, max_tokens=2, temperature=0
+        )
         assert [c.index for c in r.choices] == list(range(n_choices))
 
 
 def test_chat(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="smollm2-135m-instruct", messages=CHAT,
-                                       max_tokens=12, temperature=0)
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=CHAT, max_tokens=12, temperature=0
+    )
     msg = r.choices[0].message
     assert msg.role == "assistant" and msg.content.strip()
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -138,8 +155,13 @@ def test_chat(client: openai.OpenAI) -> None:
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=CHAT, max_tokens=8, temperature=0, stream=True,
-        stream_options={"include_usage": True})
+        model="smollm2-135m-instruct",
+        messages=CHAT,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
     assert len({c.id for c in chunks}) == 1
@@ -155,9 +177,14 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
-    stream = client.completions.create(model="smollm2-135m-instruct", prompt="Once upon a time",
-                                       max_tokens=6, temperature=0, stream=True,
-                                       stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model="smollm2-135m-instruct",
+        prompt="Once upon a time",
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert all(isinstance(c, Completion) for c in chunks)
     assert chunks[-1].usage.completion_tokens == 6
@@ -167,8 +194,12 @@ def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
 def test_concurrent_async_streams(aclient: openai.AsyncOpenAI) -> None:
     async def one(i: int) -> tuple[str, str | None]:
         stream = await aclient.chat.completions.create(
-            model="smollm2-135m-instruct", max_tokens=6, temperature=0, stream=True,
-            messages=[{"role": "user", "content": f"Count to {i + 3}"}])
+            model="smollm2-135m-instruct",
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": f"Count to {i + 3}"}],
+        )
         text, finish = "", None
         async for c in stream:
             if c.choices:
@@ -195,25 +226,36 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
         "required": ["city", "country", "population_millions", "capital"],
     }
     r = client.chat.completions.create(
-        model="smollm2-135m-instruct", max_tokens=80, temperature=0,
+        model="smollm2-135m-instruct",
+        max_tokens=80,
+        temperature=0,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "city", "schema": schema, "strict": True}})
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": schema, "strict": True},
+        },
+    )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
 def test_n_choices(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="smollm2-135m-instruct", messages=CHAT, n=2,
-                                       max_tokens=5, temperature=1.0, seed=3)
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=3
+    )
     assert [c.index for c in r.choices] == [0, 1]
     assert all(c.message.content for c in r.choices)
 
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="smollm2-135m-instruct", messages=CHAT,
-                                       max_tokens=4, temperature=0, logprobs=True,
-                                       top_logprobs=2)
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=CHAT,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
@@ -222,8 +264,9 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_completion_logprobs(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="smollm2-135m-instruct", prompt="The sky is",
-                                  max_tokens=4, temperature=0, logprobs=3)
+    r = client.completions.create(
+        model="smollm2-135m-instruct", prompt="The sky is", max_tokens=4, temperature=0, logprobs=3
+    )
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     assert "".join(lp.tokens) == r.choices[0].text
@@ -235,8 +278,14 @@ def test_echo_logprobs_with_zero_max_tokens(client: openai.OpenAI, server: Serve
     """lm-eval's loglikelihood request: echo=True, max_tokens=0, logprobs=1."""
     prompt = "The capital of France is Paris"
     n_prompt = len(server.http().post("/tokenize", json={"prompt": prompt}).json()["tokens"])
-    r = client.completions.create(model="smollm2-135m-instruct", prompt=prompt, max_tokens=0,
-                                  echo=True, logprobs=1, temperature=0)
+    r = client.completions.create(
+        model="smollm2-135m-instruct",
+        prompt=prompt,
+        max_tokens=0,
+        echo=True,
+        logprobs=1,
+        temperature=0,
+    )
     c = r.choices[0]
     assert c.text == prompt
     assert len(c.logprobs.token_logprobs) == n_prompt
@@ -244,8 +293,14 @@ def test_echo_logprobs_with_zero_max_tokens(client: openai.OpenAI, server: Serve
     assert all(x is not None and x <= 0 for x in c.logprobs.token_logprobs[1:])
     assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == n_prompt
     # with one generated token (what lm-eval actually sends) the prompt part is the same
-    r1 = client.completions.create(model="smollm2-135m-instruct", prompt=prompt, max_tokens=1,
-                                   echo=True, logprobs=1, temperature=0)
+    r1 = client.completions.create(
+        model="smollm2-135m-instruct",
+        prompt=prompt,
+        max_tokens=1,
+        echo=True,
+        logprobs=1,
+        temperature=0,
+    )
     lps1 = r1.choices[0].logprobs.token_logprobs
     assert len(lps1) == n_prompt + 1
     assert lps1[1:n_prompt] == pytest.approx(c.logprobs.token_logprobs[1:], abs=1e-3)
@@ -263,8 +318,11 @@ def _error(r: httpx.Response, status: int) -> dict:
 
 def test_malformed_json_is_400(server: Server) -> None:
     with server.http() as h:
-        r = h.post("/v1/chat/completions", content=b'{"messages": [',
-                   headers={"Content-Type": "application/json"})
+        r = h.post(
+            "/v1/chat/completions",
+            content=b'{"messages": [',
+            headers={"Content-Type": "application/json"},
+        )
     _error(r, 400)
 
 
@@ -276,15 +334,23 @@ def test_invalid_fields_are_400(server: Server) -> None:
         assert err["param"] == "top_k"
         _error(h.post("/v1/chat/completions", json={"messages": []}), 400)
         _error(h.post("/v1/completions", json={"prompt": [999999999]}), 400)
-        _error(h.post("/v1/chat/completions", json={
-            "messages": CHAT, "response_format": {"type": "json_schema",
-                                                  "json_schema": {"name": "x"}}}), 400)
+        _error(
+            h.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": CHAT,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+                },
+            ),
+            400,
+        )
 
 
 def test_unknown_model_is_404_never_a_fallback(server: Server) -> None:
     with server.http() as h:
-        err = _error(h.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": CHAT}),
-                     404)
+        err = _error(
+            h.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": CHAT}), 404
+        )
     assert err["code"] == "model_not_found"
 
 
@@ -369,8 +435,10 @@ def test_metrics_format(server: Server) -> None:
     assert _metric(text, "generation_tokens_total") > 0
     assert _metric(text, "prompt_tokens_total") > 0
     assert "# TYPE ferrousforge_time_to_first_token_seconds histogram" in text
-    assert 'ferrousforge_request_latency_seconds_bucket{model="smollm2-135m-instruct",le="+Inf"}' \
+    assert (
+        'ferrousforge_request_latency_seconds_bucket{model="smollm2-135m-instruct",le="+Inf"}'
         in text
+    )
     assert "ferrousforge_inter_token_latency_seconds_count" in text
     assert "ferrousforge_mean_busy_slots_per_decode" in text
 

@@ -43,6 +43,8 @@ def run_chat(args: argparse.Namespace) -> int:
     except (FerrousForgeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _read(prompt: str) -> str | None:

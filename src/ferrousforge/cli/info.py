@@ -69,9 +69,9 @@ def run_info(args: argparse.Namespace) -> int:
     shown = {
         **s,
         "parameters": _human(s["parameters"]),
-        "file_size_bytes": f"{s['file_size_bytes'] / 1e6:.1f} MB",
         "has_chat_template": "yes" if s["has_chat_template"] else "no",
     }
+    shown["file_size"] = f"{shown.pop('file_size_bytes') / 1e6:.1f} MB"
     width = max(len(k) for k in shown)
     for k, v in shown.items():
         print(f"{k.replace('_', ' '):<{width}}  {v if v is not None else '-'}")

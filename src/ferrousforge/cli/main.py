@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose and args.command in ("serve", "run", "chat"):
-        logging.getLogger("ferrousforge").setLevel(logging.INFO)  # load progress, readiness
+    # serve logs loading and readiness; run/chat show a progress bar on a terminal instead.
+    if not args.verbose and (
+        args.command == "serve" or (args.command in ("run", "chat") and not sys.stderr.isatty())
+    ):
+        logging.getLogger("ferrousforge").setLevel(logging.INFO)
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,89 @@
+"""The command line: help everywhere, info, and run end to end with the default model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ferrousforge.cli.main import build_parser, main
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "run", "chat", "info", "doctor"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    if command != "doctor":
+        assert "examples:" in out
+
+
+def test_serve_flags_come_from_the_settings() -> None:
+    args = build_parser().parse_args(["serve", "--ctx-size", "512", "--api-key", "k"])
+    assert args.ctx_size == 512 and args.api_key == ["k"] and args.port is None
+
+
+def test_info_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "llama" and info["has_chat_template"] is True
+    assert info["vocab_size"] > 1000 and info["context_length"] > 0
+    assert info["quantization"] == "Q4_1" and info["parameters"] > 100_000_000
+
+
+def test_info_unknown_model_fails_clearly(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "/no/such/model.gguf"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_model_file(tmp_path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf")
+    r = _cli("serve", "--model", str(bad))
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr
+
+
+@pytest.mark.integration
+def test_run_streams_then_prints_figures() -> None:
+    r = _cli("run", "Name a color.", "--max-tokens", "4", "--temperature", "0", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+    assert "tokens/s" in r.stderr and "time to first token" in r.stderr
+
+
+@pytest.mark.integration
+def test_chat_keeps_the_conversation_and_reuses_the_prefix() -> None:
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferrousforge.cli.main",
+            "chat",
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+            "--threads",
+            "2",
+        ],
+        input="Hello\nAnd again\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("tokens/s") == 2
+    assert "prompt tokens cached" in p.stderr  # the second turn reused the first's KV
