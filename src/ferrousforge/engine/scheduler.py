@@ -48,6 +48,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
+        # After a preemption, admit nothing until a running sequence finishes:
+        # otherwise the victim is readmitted at once and the cache thrashes.
+        self.admission_blocked = False
 
     # ---- admission -------------------------------------------------------
 
@@ -120,7 +123,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
-        free = self._free_slots()
+        free = [] if self.admission_blocked else self._free_slots()
         for seq in list(self.waiting):
             if not free:
                 break
@@ -188,6 +191,7 @@ class Scheduler:
         seq.status = status
         if seq in self.running:
             self.running.remove(seq)
+            self.admission_blocked = False
         elif seq in self.waiting:
             self.waiting.remove(seq)
         if seq.slot is not None:
@@ -224,6 +228,7 @@ class Scheduler:
         victim.n_computed = 0
         victim.status = SequenceStatus.PREEMPTED
         self.waiting.appendleft(victim)
+        self.admission_blocked = True
         self.preemptions += 1
         return None
 

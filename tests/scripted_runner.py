@@ -1,0 +1,101 @@
+"""A model-free Runner for scheduler and engine tests.
+
+The "model" is a pure function of (request's first prompt token, position), so
+any token that lands in the wrong request is detectable. It keeps a KV cell
+count per slot to exercise the cache-full path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ferrousforge.engine.runner import ChunkResult, KVCacheFull, StepPlan
+from ferrousforge.engine.sequence import Sequence
+
+EOG = 0
+VOCAB = 1000
+
+
+def scripted_token(seq_key: int, position: int) -> int:
+    """Deterministic next token; never EOG (tests choose when EOG happens)."""
+    return 1 + (seq_key * 31 + position * 7) % (VOCAB - 1)
+
+
+@dataclass
+class ScriptedSampler:
+    """Per-sequence script: optional forced tokens by output index, e.g. {3: EOG}."""
+
+    forced: dict[int, int] = field(default_factory=dict)
+    closed: bool = False
+
+    def close(self) -> None:
+        assert not self.closed, "sampler freed twice"
+        self.closed = True
+
+
+class ScriptedRunner:
+    def __init__(self, n_slots: int = 4, n_batch: int = 16, n_ctx: int = 256,
+                 kv_capacity: int | None = None) -> None:
+        self.n_slots = n_slots
+        self.n_batch = n_batch
+        self.n_ctx = n_ctx
+        self.eog_ids = frozenset({EOG})
+        self.supports_prefix_cache = True
+        self.kv_capacity = kv_capacity  # total cells; None = unlimited
+        self.kv: dict[int, int] = {}  # slot -> cells held (positions 0..n-1)
+        self.plans: list[StepPlan] = []
+        self.decoded_tokens = 0
+        self.kv_full_events = 0
+
+    def _used(self) -> int:
+        return sum(self.kv.values())
+
+    def execute(self, plan: StepPlan) -> list[ChunkResult]:
+        for op in plan.kv_ops:
+            if op.kind == "rm":
+                held = self.kv.get(op.seq, 0)
+                self.kv[op.seq] = held if op.p0 < 0 else min(held, op.p0)
+            else:
+                self.kv[op.seq] = op.p1
+        new = sum(len(c.tokens) for c in plan.chunks)
+        if self.kv_capacity is not None and self._used() + new > self.kv_capacity:
+            self.kv_full_events += 1
+            raise KVCacheFull()
+        self.plans.append(plan)
+        results = []
+        for c in plan.chunks:
+            seq = c.seq
+            assert c.pos0 == self.kv.get(seq.slot, 0), "chunk does not continue the slot's KV"
+            assert c.tokens == seq.all_ids[c.pos0:c.pos0 + len(c.tokens)]
+            self.kv[seq.slot] = c.pos0 + len(c.tokens)
+            self.decoded_tokens += len(c.tokens)
+            res = ChunkResult()
+            if c.sample:
+                n_out = len(seq.output_ids)
+                forced = seq.sampler.forced if seq.sampler is not None else {}
+                token = forced.get(n_out, scripted_token(seq.prompt_ids[0], seq.n_tokens))
+                if token == EOG and seq.bans_eog:
+                    token = scripted_token(seq.prompt_ids[0], seq.n_tokens)
+                res.token = token
+            results.append(res)
+        return results
+
+    def release_slot(self, slot: int, keep: int) -> None:
+        self.kv[slot] = min(self.kv.get(slot, 0), keep)
+
+    def free_sampler(self, seq: Sequence) -> None:
+        if seq.sampler is not None:
+            seq.sampler.close()
+
+    def reset(self) -> None:
+        self.kv.clear()
+
+
+def piece(token: int) -> bytes:
+    """Token -> bytes for the scripted vocabulary: ' t<id>'."""
+    return b"" if token == EOG else f" t{token}".encode()
+
+
+def expected_output(prompt: list[int], n: int) -> list[int]:
+    """What a request must receive when it runs undisturbed for n tokens."""
+    return [scripted_token(prompt[0], len(prompt) + i) for i in range(n)]
