@@ -456,3 +456,27 @@ def test_tokenize_detokenize_and_info(server: Server) -> None:
         assert info["vocab_size"] > 1000 and info["eos_token_id"] in info["eog_token_ids"]
         assert h.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
         _error(h.post("/tokenize", json={}), 400)
+
+
+def test_health_is_503_until_the_model_loads(tmp_path) -> None:
+    """A model that cannot load leaves /health at 503 and requests get 503, not a crash."""
+    from fastapi.testclient import TestClient
+
+    from ferrousforge.api.app import create_app
+    from ferrousforge.inference.backend import BackendConfig
+    from ferrousforge.models.registry import ModelSpec
+    from ferrousforge.settings import ServerSettings
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    spec = ModelSpec("broken", bad, BackendConfig(num_threads=1, context_size=256))
+    with TestClient(create_app(ServerSettings(), [spec])) as c:
+        for _ in range(100):
+            r = c.get("/health")
+            if r.json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json()["status"] == "error"
+        err = _error(c.post("/v1/completions", json={"prompt": "x"}), 503)
+        assert err["code"] == "model_loading"
+        assert "Retry-After" in c.post("/v1/completions", json={"prompt": "x"}).headers

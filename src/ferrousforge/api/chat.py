@@ -88,7 +88,7 @@ def start(
 async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Response:
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
-        return sse_response(_events(req, job, cid, created))
+        return sse_response(_events(req, job, cid, created), on_close=job.abort)
     try:
         choices = await unless_disconnected(
             request, lambda: collect(job.streams, job.plan.zero_tokens)

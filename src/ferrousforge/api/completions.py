@@ -40,6 +40,11 @@ class Job:
     def prompt_of(self, choice: int) -> Prompt:
         return self.prompts[choice // self.n]
 
+    def abort(self) -> None:
+        """Free every slot still held (a no-op for finished streams)."""
+        for s in self.streams:
+            s.abort()
+
 
 def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:
     return {
@@ -120,7 +125,7 @@ def start(
 async def respond(req: CompletionRequest, job: Job, request: Request) -> Response:
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
-        return sse_response(_events(req, job, cid, created))
+        return sse_response(_events(req, job, cid, created), on_close=job.abort)
     try:
         choices = await unless_disconnected(
             request, lambda: collect(job.streams, job.plan.zero_tokens)

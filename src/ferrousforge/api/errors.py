@@ -84,8 +84,11 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error the app can produce leaves in OpenAI's shape."""
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        if "json" not in request.headers.get("content-type", ""):
+            # FastAPI parses JSON only with this header (a CSRF guard); say so plainly.
+            message, param = "send the body as JSON with 'Content-Type: application/json'", None
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -50,7 +51,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     st = state(request)
     mid, lm = model_for(request, body.model)
     job = completions.start(body, st.registry.backend, lm, mid, st.settings)
-    return await completions.respond(body, job, request)
+    return await _respond(job, completions.respond(body, job, request), body.stream)
 
 
 @router.post("/v1/chat/completions")
@@ -59,7 +60,19 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     mid, lm = model_for(request, body.model)
     template = st.registry.spec(mid).chat_template
     job = chat.start(body, st.registry.backend, lm, mid, st.settings, template)
-    return await chat.respond(body, job, request)
+    return await _respond(job, chat.respond(body, job, request), body.stream)
+
+
+async def _respond(job: completions.Job, response: Awaitable[Response], stream: bool) -> Response:
+    """Whatever happens, the job's slots are freed: now, or when a stream's response ends."""
+    try:
+        return await response
+    except BaseException:
+        job.abort()
+        raise
+    finally:
+        if not stream:
+            job.abort()
 
 
 def _model_card(st: ServerState, mid: str) -> dict:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ferrousforge.api.errors import error_response
 
@@ -30,10 +31,24 @@ async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
     yield DONE
 
 
-def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
-    """Stream ``events``; a client disconnect cancels the generator, whose cleanup aborts."""
-    return StreamingResponse(
-        _guarded(events),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+class _SSEResponse(StreamingResponse):
+    """Calls ``on_close`` however the response ends, even if the body never started."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def sse_response(events: AsyncIterator[str], on_close: Callable[[], None]) -> StreamingResponse:
+    """Stream ``events``; ``on_close`` frees the request's slots when the response ends."""
+    return _SSEResponse(_guarded(events), on_close)
