@@ -181,7 +181,7 @@ def add_settings_arguments(
                 dest=name,
                 type=base,
                 default=None,
-                metavar=name.upper(),
+                metavar="N" if base is int else name.upper(),
                 help=help_text,
             )
 
