@@ -480,3 +480,13 @@ def test_health_is_503_until_the_model_loads(tmp_path) -> None:
         err = _error(c.post("/v1/completions", json={"prompt": "x"}), 503)
         assert err["code"] == "model_loading"
         assert "Retry-After" in c.post("/v1/completions", json={"prompt": "x"}).headers
+
+
+def test_non_streaming_client_that_leaves_frees_its_slot(server: Server) -> None:
+    body = {"messages": CHAT, "max_tokens": 400, "ignore_eos": True}
+    with server.http() as h:
+        before = _metric(h.get("/metrics").text, "requests_aborted_total")
+        with pytest.raises(httpx.ReadTimeout):
+            h.post("/v1/chat/completions", json=body, timeout=1.0)
+    text = _wait_idle(server)
+    assert _metric(text, "requests_aborted_total") > before
