@@ -163,7 +163,7 @@ class LlamaCppBackend:
                 opts = options
                 if n > 1 and options.seed is not None:
                     opts = options.replace(seed=options.seed + i)  # siblings must differ
-                sampler = SamplerChain(lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts)
+                sampler = SamplerChain(lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts, lm.n_ctx)
                 try:
                     leader = streams[0].seq if streams else None
                     streams.append(lm.engine.add_request(prompt_ids, _limits(opts), sampler,

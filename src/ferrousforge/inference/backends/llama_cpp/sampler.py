@@ -20,7 +20,8 @@ class SamplerChain:
     so every other stage sees only tokens the grammar allows.
     """
 
-    def __init__(self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions) -> None:
+    def __init__(self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions,
+                 n_ctx: int = 4096) -> None:
         self._lib = lib
         self._ptr = None
         self._lock = threading.Lock()
@@ -30,7 +31,7 @@ class SamplerChain:
         chain = lib.llama_sampler_chain_init(params)
         self._ptr = chain
         try:
-            self._build(vocab_ptr, n_vocab, opts)
+            self._build(vocab_ptr, n_vocab, opts, n_ctx)
         except BaseException:
             self.close()
             raise
@@ -41,8 +42,12 @@ class SamplerChain:
             raise ValueError("sampler: llama.cpp rejected the sampler parameters")
         self._lib.llama_sampler_chain_add(self._ptr, smpl)
 
-    def _build(self, vocab_ptr, n_vocab: int, o: InferenceOptions) -> None:
+    def _build(self, vocab_ptr, n_vocab: int, o: InferenceOptions, n_ctx: int) -> None:
         lib = self._lib
+
+        def last_n(n: int) -> int:  # -1 means the whole context, as in llama.cpp's CLI
+            return n_ctx if n < 0 else n
+
         if o.grammar:
             mark = log_mark()
             g = lib.llama_sampler_init_grammar(vocab_ptr, o.grammar.encode(), b"root")
@@ -60,14 +65,15 @@ class SamplerChain:
             self._add(lib.llama_sampler_init_logit_bias(n_vocab, len(o.logit_bias), arr))
         if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
             self._add(lib.llama_sampler_init_penalties(
-                o.repeat_last_n, o.repeat_penalty, o.frequency_penalty, o.presence_penalty))
+                n_vocab, last_n(o.repeat_last_n), o.repeat_penalty, o.frequency_penalty,
+                o.presence_penalty))
         if o.dry_multiplier > 0:
             breakers = [s.encode() for s in o.dry_sequence_breakers]
             arr = (ctypes.c_char_p * len(breakers))(*breakers)
             self._keep.append(arr)
             self._add(lib.llama_sampler_init_dry(
                 vocab_ptr, o.dry_multiplier, o.dry_base, o.dry_allowed_length,
-                o.dry_penalty_last_n, arr, len(breakers)))
+                last_n(o.dry_penalty_last_n), arr, len(breakers)))
         if o.greedy:
             self._add(lib.llama_sampler_init_greedy())
             return
