@@ -34,6 +34,13 @@ async def merge(
     streams: list[RequestStream], zero_tokens: bool = False
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(choice index, output) from all streams as they arrive; aborts every stream on exit."""
+    if len(streams) == 1:  # the common case needs no fan-in task per token
+        try:
+            async for out in streams[0]:
+                yield 0, drop_generated(out) if zero_tokens else out
+        finally:
+            streams[0].abort()
+        return
     queue: asyncio.Queue[tuple[int, RequestOutput | None, BaseException | None]] = asyncio.Queue()
 
     async def pump(i: int, stream: RequestStream) -> None:
