@@ -110,8 +110,11 @@ class ConfigFile(BaseModel):
 def read_config(path: Path | str) -> ConfigFile:
     """Parse a TOML config file; relative model paths are taken from the file's folder."""
     path = Path(path)
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
     config = ConfigFile.model_validate(data)
     unknown = set(config.server) - set(ServerSettings.model_fields)
     if unknown:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from ferrousforge.cli.loading import LoadProgress
 from ferrousforge.errors import FerrousForgeError
 from ferrousforge.inference.gguf import validate_gguf
@@ -60,6 +62,11 @@ def run_serve(args: argparse.Namespace) -> int:
         for spec in specs:  # a bad file should stop us here, not after the server is up
             validate_gguf(spec.path, check_architecture=False)
             spec.config.progress_callback = LoadProgress(spec.id)
+    except ValidationError as e:
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            print(f"error: {where}: {err['msg']}", file=sys.stderr)
+        return 2
     except (FerrousForgeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
