@@ -56,7 +56,7 @@ class ScriptedRunner:
                 held = self.kv.get(op.seq, 0)
                 self.kv[op.seq] = held if op.p0 < 0 else min(held, op.p0)
             else:
-                self.kv[op.seq] = op.p1
+                self.kv[op.seq] = self.kv.get(op.src, 0) if op.p1 < 0 else op.p1
         new = sum(len(c.tokens) for c in plan.chunks)
         if self.kv_capacity is not None and self._used() + new > self.kv_capacity:
             self.kv_full_events += 1

@@ -193,8 +193,8 @@ async def test_logprobs_and_prompt_logprobs(backend, handle):
 
 
 async def test_context_overflow_is_an_error_not_truncation(backend, handle):
-    with pytest.raises(ContextOverflowError, match="exceeds the context size of 2048"):
-        await backend.infer(handle, BackendInput.Text("word " * 1000), InferenceOptions(max_tokens=1500))
+    with pytest.raises(ContextOverflowError, match="exceeds the context size of 512"):
+        await backend.infer(handle, BackendInput.Text("word " * 300), InferenceOptions(max_tokens=300))
 
 
 async def test_accelerator_the_library_lacks_is_a_clear_error(model_path):

@@ -121,16 +121,32 @@ def test_prefix_cache_reuses_a_finished_requests_prompt():
 def test_prefix_is_copied_from_a_busy_slot():
     runner = ScriptedRunner(n_slots=2, n_batch=64)
     sched = Scheduler(runner)
-    a = make_seq(10, max_tokens=50, first=3)
+    a = make_seq(50, max_tokens=50, first=3)
     sched.add(a)
     plan = sched.schedule()
     sched.postprocess(plan, runner.execute(plan))
-    b = Sequence(500, a.prompt_ids[:8] + [42], SamplingLimits(max_tokens=1),
+    b = Sequence(500, a.prompt_ids[:40] + [42], SamplingLimits(max_tokens=1),
                  sampler=ScriptedSampler())
     sched.add(b)
     plan = sched.schedule()
-    assert [op.kind for op in plan.kv_ops] == ["cp"] and plan.kv_ops[0].p1 == 8
-    assert b.n_cached_prompt == 8
+    assert [(op.kind, op.p0) for op in plan.kv_ops] == [("cp", -1), ("rm", 40)]
+    assert b.n_cached_prompt == 40
+    slot = b.slot
+    sched.postprocess(plan, runner.execute(plan))
+    assert runner.kv[slot] == 41
+
+
+def test_a_short_shared_prefix_is_recomputed_rather_than_copied():
+    runner = ScriptedRunner(n_slots=2, n_batch=64)
+    sched = Scheduler(runner)
+    a = make_seq(20, max_tokens=50, first=3)
+    sched.add(a)
+    plan = sched.schedule()
+    sched.postprocess(plan, runner.execute(plan))
+    b = Sequence(501, a.prompt_ids[:8] + [42], SamplingLimits(max_tokens=1), sampler=ScriptedSampler())
+    sched.add(b)
+    sched.schedule()
+    assert b.n_cached_prompt == 0
 
 
 def test_identical_prompt_always_recomputes_its_last_token():

@@ -144,6 +144,11 @@ class Engine:
             self._thread.join(timeout)
 
     @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet finished (running, waiting or still in the inbox)."""
+        return self._unfinished
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -13,7 +13,7 @@ class KVOp:
     """A KV-cache edit run before the step's decode.
 
     ``rm``: drop positions [p0, p1) of ``seq`` (p1 = -1: to the end).
-    ``cp``: share positions [p0, p1) of ``src`` with ``seq``.
+    ``cp``: give ``seq`` a copy of ``src``'s KV (p0 = p1 = -1: all of it).
     """
 
     kind: str  # "rm" or "cp"

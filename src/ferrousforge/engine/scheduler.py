@@ -16,6 +16,10 @@ from ferrousforge.engine.runner import ChunkResult, KVOp, Runner, ScheduledChunk
 from ferrousforge.engine.sequence import Sequence, SequenceStatus
 from ferrousforge.errors import ContextOverflowError
 
+# Copying another slot's KV moves its whole buffer (separate streams), so only
+# do it when it saves at least this many prompt tokens over the target's own cache.
+MIN_COPY_GAIN = 32
+
 
 @dataclass(slots=True)
 class Slot:
@@ -94,8 +98,10 @@ class Scheduler:
         own = max(free, key=lambda s: (min(common_prefix_len(s.cached, tokens), max_reuse),
                                        -len(s.cached), -s.last_used))
         own_len = min(common_prefix_len(own.cached, tokens), max_reuse)
-        src, src_len = None, own_len
-        if max_reuse > own_len:
+        src, src_len = None, own_len + MIN_COPY_GAIN - 1
+        if max_reuse > src_len or seq.share_prefix_with is not None:
+            if seq.share_prefix_with is not None:
+                src_len = own_len  # n > 1 siblings always share the leader's prompt
             for s in self.slots:
                 n = min(common_prefix_len(s.kv_tokens(), tokens), max_reuse)
                 if n > src_len and s is not own:
@@ -105,11 +111,10 @@ class Scheduler:
                 plan.kv_ops.append(KVOp("rm", own.id, own_len, -1))
             self._set_reused(seq, own_len)
             return own
-        # Copy the prefix from another slot into the least valuable free slot.
+        # Copy another slot's KV into the least valuable free slot, then cut it to the prefix.
         target = min(free, key=lambda s: (len(s.cached), s.last_used))
-        if target.cached:
-            plan.kv_ops.append(KVOp("rm", target.id, 0, -1))
-        plan.kv_ops.append(KVOp("cp", target.id, 0, src_len, src=src.id))
+        plan.kv_ops.append(KVOp("cp", target.id, -1, -1, src=src.id))
+        plan.kv_ops.append(KVOp("rm", target.id, src_len, -1))
         self._set_reused(seq, src_len)
         return target
 

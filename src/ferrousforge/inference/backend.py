@@ -47,8 +47,11 @@ def _default_threads() -> int:
 class BackendConfig:
     """How to load a model and size its context. Every field has a sane default.
 
-    ``context_size`` is the number of KV cells shared by all parallel
-    sequences (a unified cache); 0 means min(the model's training context, 8192).
+    ``context_size`` is the total KV cache in tokens, split evenly across the
+    ``max_parallel`` sequences as in llama-server (each request gets
+    context_size / max_parallel); 0 means min(training context, 2048) per sequence.
+    ``kv_unified`` instead pools all cells (one request may use them all), at the
+    cost of slower batched attention and outputs that depend on batch composition.
     """
 
     num_threads: int = field(default_factory=_default_threads)
@@ -69,6 +72,7 @@ class BackendConfig:
     use_mlock: bool = False
     library_path: str | None = None  # dynamic mode: a libllama file or directory
     prefix_cache: bool = True
+    kv_unified: bool = False
     progress_callback: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:

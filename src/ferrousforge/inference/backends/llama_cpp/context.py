@@ -14,17 +14,19 @@ from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 _FLASH = {"auto": -1, "off": 0, "on": 1}
 _KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
              "iq4_nl": 20, "bf16": 30}
-DEFAULT_MAX_CONTEXT = 8192
+DEFAULT_SEQ_CONTEXT = 2048
 
 
 def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
+    """Total KV cells: the configured size, or a default per sequence times the slots."""
     if config.context_size:
         return config.context_size
-    return min(model.n_ctx_train or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
+    per_seq = min(model.n_ctx_train or DEFAULT_SEQ_CONTEXT, DEFAULT_SEQ_CONTEXT)
+    return per_seq * config.max_parallel
 
 
 class LlamaContext:
-    """A llama_context with ``n_seq_max`` sequences over one unified KV cache.
+    """A llama_context with ``n_seq_max`` sequences, each with its own KV stream by default.
 
     Not thread safe (llama.cpp contexts are not): the engine thread is its only user.
     """
@@ -44,9 +46,10 @@ class LlamaContext:
         p.flash_attn_type = _FLASH[config.flash_attention]
         p.type_k = _KV_TYPES[config.cache_type_k]
         p.type_v = _KV_TYPES[config.cache_type_v]
-        # One KV pool shared by all sequences: a long request may use more than
-        # n_ctx / n_seq_max cells, and seq_cp of a shared prefix costs no memory.
-        p.kv_unified = True
+        # Separate streams by default: each sequence attends over its own cells only,
+        # so batched decode stays fast and a sequence's output does not depend on
+        # what else is in the batch (a unified pool places cells by arrival order).
+        p.kv_unified = config.kv_unified
         p.offload_kqv = not isinstance(model.accelerator, AcceleratorType.Cpu)
         p.no_perf = True
         mark = log_mark()
@@ -58,6 +61,7 @@ class LlamaContext:
                                  f"(n_ctx={p.n_ctx}, n_seq_max={p.n_seq_max}){detail}")
         self._ptr = ptr
         self.n_ctx = lib.llama_n_ctx(ptr)
+        self.n_ctx_seq = lib.llama_n_ctx_seq(ptr)  # what one sequence can hold
         self.n_batch = lib.llama_n_batch(ptr)
         self.n_seq_max = lib.llama_n_seq_max(ptr)
         self.n_vocab = model.vocab.n_tokens
