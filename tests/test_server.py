@@ -22,7 +22,8 @@ from openai.types.chat import ChatCompletionChunk
 pytestmark = pytest.mark.server
 
 KEYS = ("sk-test-one", "sk-test-two")
-CTX = 1024
+CTX = 1024  # tokens per request: --ctx-size is split across the --parallel slots
+PARALLEL = 4
 
 
 @dataclass
@@ -88,7 +89,16 @@ def _start(args: list[str], env: dict[str, str], key: str | None) -> Iterator[Se
 def server() -> Iterator[Server]:
     env = {"FERROUSFORGE_API_KEY": ",".join(KEYS)}  # keys from the env, comma-separated
     yield from _start(
-        ["--parallel", "4", "--ctx-size", str(CTX), "--max-body-bytes", "65536"], env, KEYS[0]
+        [
+            "--parallel",
+            str(PARALLEL),
+            "--ctx-size",
+            str(CTX * PARALLEL),
+            "--max-body-bytes",
+            "65536",
+        ],
+        env,
+        KEYS[0],
     )
 
 

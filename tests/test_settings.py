@@ -109,3 +109,10 @@ def test_llama_lib_reaches_the_backend_config(monkeypatch) -> None:
     monkeypatch.setenv("FERROUSFORGE_LLAMA_LIB", "/opt/llama/libllama.so")
     (spec,) = model_specs(load_settings())
     assert spec.config.library_path == "/opt/llama/libllama.so"
+
+
+def test_kv_unified_is_a_boolean_flag() -> None:
+    assert _parse(["--kv-unified"]) == {"kv_unified": True}
+    assert _parse(["--no-kv-unified"]) == {"kv_unified": False}
+    (spec,) = model_specs(load_settings({"kv_unified": True, "ctx_size": 4096}))
+    assert spec.config.kv_unified and spec.config.context_size == 4096

@@ -36,6 +36,7 @@ class ModelSettings(BaseModel):
     alias: str | None = Field(None, description="name clients use in the 'model' field")
     path: str = Field(description="path to the .gguf file (relative to the config file)")
     ctx_size: int | None = Field(None, ge=0)
+    kv_unified: bool | None = None
     parallel: int | None = Field(None, ge=1, le=256)
     threads: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
@@ -65,7 +66,13 @@ class ServerSettings(BaseSettings):
     ctx_size: int = Field(
         0,
         ge=0,
-        description="KV cache size in tokens, shared by all sequences (0: min(model's, 8192))",
+        description="total KV cache in tokens, split evenly across the --parallel sequences "
+        "(0: min(model's, 2048) per sequence)",
+    )
+    kv_unified: bool = Field(
+        False,
+        description="pool the KV cache so one request may use all of it (slower batched "
+        "decode; output depends on the batch)",
     )
     batch_size: int = Field(512, ge=1, description="tokens per llama_decode")
     max_waiting: int = Field(

@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from ferrousforge.api.completions import Job, Prompt, submit, usage
 from ferrousforge.api.json_schema import json_object_gbnf, schema_to_gbnf
 from ferrousforge.api.logprobs import chat_logprobs
-from ferrousforge.api.options import GenerationPlan, max_tokens_for, plan_generation
+from ferrousforge.api.options import (
+    GenerationPlan,
+    max_tokens_for,
+    plan_generation,
+    seq_context,
+)
 from ferrousforge.api.schemas import ChatCompletionRequest, ChatMessage, ResponseFormat
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
@@ -74,7 +79,7 @@ def start(
             req,
             default=None,
             prompt_len=len(p.ids),
-            n_ctx=lm.n_ctx,
+            n_ctx=seq_context(lm),
             ceiling=settings.max_tokens_limit,
         )
         return plan_generation(

@@ -11,7 +11,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ferrousforge.api.logprobs import legacy_logprobs
-from ferrousforge.api.options import GenerationPlan, max_tokens_for, plan_generation
+from ferrousforge.api.options import (
+    GenerationPlan,
+    max_tokens_for,
+    plan_generation,
+    seq_context,
+)
 from ferrousforge.api.schemas import CompletionRequest
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
@@ -113,7 +118,7 @@ def start(
             req,
             default=16,
             prompt_len=len(p.ids),
-            n_ctx=lm.n_ctx,
+            n_ctx=seq_context(lm),
             ceiling=settings.max_tokens_limit,
         )
         return plan_generation(req, max_tokens=mt, logprobs=req.logprobs, echo_logprobs=echo_lps)

@@ -53,6 +53,11 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     return out
 
 
+def seq_context(lm) -> int:
+    """Tokens one request may hold (prompt plus output): the engine's per-sequence limit."""
+    return lm.engine.scheduler.n_ctx
+
+
 def max_tokens_for(
     req: SamplingFields, *, default: int | None, prompt_len: int, n_ctx: int, ceiling: int
 ) -> int:

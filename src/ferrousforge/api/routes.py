@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ferrousforge.api import chat, completions
 from ferrousforge.api.metrics import render_metrics
+from ferrousforge.api.options import seq_context
 from ferrousforge.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -82,7 +83,8 @@ def _model_card(st: ServerState, mid: str) -> dict:
         card["meta"] = {
             "path": str(lm.handle.path),
             "description": lm.model.description,
-            "n_ctx": lm.n_ctx,
+            "n_ctx": seq_context(lm),  # per request
+            "n_ctx_total": lm.n_ctx,
             "n_ctx_train": lm.model.n_ctx_train,
             "n_vocab": lm.vocab.n_tokens,
             "slots": lm.engine.runner.n_slots,
@@ -137,7 +139,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     tokens: list = ids
     if body.with_pieces:
         tokens = [{"id": t, "piece": lm.vocab.token_text(t)} for t in ids]
-    return {"tokens": tokens, "count": len(ids), "max_model_len": lm.n_ctx}
+    return {"tokens": tokens, "count": len(ids), "max_model_len": seq_context(lm)}
 
 
 @router.post("/detokenize")
@@ -165,7 +167,7 @@ async def tokenizer_info(request: Request, model: str | None = None) -> dict:
         "eos_token_id": v.eos if v.eos >= 0 else None,
         "eog_token_ids": sorted(v.eog_ids),
         "add_bos_token": v.add_bos,
-        "model_max_length": lm.n_ctx,
+        "model_max_length": seq_context(lm),
         "chat_template": state(request).registry.spec(mid).chat_template or lm.model.chat_template,
         "tokenizer_model": lm.info.metadata.get("tokenizer.ggml.model"),
     }

@@ -62,6 +62,7 @@ def backend_config(
         ubatch_size=min(512, pick("batch_size")),
         max_parallel=pick("parallel"),
         max_waiting=pick("max_waiting"),
+        kv_unified=pick("kv_unified"),
         library_path=settings.llama_lib,
         progress_callback=progress,
     )
