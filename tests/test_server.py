@@ -424,7 +424,7 @@ def _wait_idle(server: Server) -> str:
 
 
 def test_disconnect_mid_stream_frees_the_slot(server: Server) -> None:
-    body = {"messages": CHAT, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    body = {"messages": CHAT, "max_tokens": 900, "ignore_eos": True, "stream": True}
     with server.http() as h:
         with h.stream("POST", "/v1/chat/completions", json=body) as s:
             got = 0
@@ -493,10 +493,10 @@ def test_health_is_503_until_the_model_loads(tmp_path) -> None:
 
 
 def test_non_streaming_client_that_leaves_frees_its_slot(server: Server) -> None:
-    body = {"messages": CHAT, "max_tokens": 400, "ignore_eos": True}
+    body = {"messages": CHAT, "max_tokens": 900, "ignore_eos": True}
     with server.http() as h:
         before = _metric(h.get("/metrics").text, "requests_aborted_total")
         with pytest.raises(httpx.ReadTimeout):
-            h.post("/v1/chat/completions", json=body, timeout=1.0)
+            h.post("/v1/chat/completions", json=body, timeout=0.5)
     text = _wait_idle(server)
     assert _metric(text, "requests_aborted_total") > before
