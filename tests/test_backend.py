@@ -144,13 +144,14 @@ async def test_stop_strings_ignore_eos_and_min_tokens(backend, handle):
     stopped = await backend.infer(handle, BackendInput.Text("1, 2, 3, 4,"), GREEDY.replace(stop=[" 7"]))
     assert stopped.finish_reason == "stop" and " 7" not in stopped.text
     assert base.text.startswith(stopped.text)
-    chat = BackendInput.Chat([{"role": "user", "content": "Say hi"}])
-    forced = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=60,
+    chat = BackendInput.Chat([{"role": "user", "content": "Reply with one word: yes or no?"}])
+    short = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=40))
+    assert short.finish_reason == "stop" and short.usage.completion_tokens < 10
+    forced = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=20,
                                                                 ignore_eos=True))
-    assert forced.finish_reason == "length" and forced.usage.completion_tokens == 60
-    short = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=200))
+    assert forced.finish_reason == "length" and forced.usage.completion_tokens == 20
     at_least = await backend.infer(handle, chat, InferenceOptions(
-        temperature=0, max_tokens=200, min_tokens=short.usage.completion_tokens + 5))
+        temperature=0, max_tokens=40, min_tokens=short.usage.completion_tokens + 5))
     assert at_least.usage.completion_tokens >= short.usage.completion_tokens + 5
 
 

@@ -93,7 +93,7 @@ async def test_cancelling_a_stream_frees_its_slot(model):
 
     async def consume():
         async for _ in backend.infer_stream(lm.handle, BackendInput.Text(PROMPTS[3]),
-                                            InferenceOptions(max_tokens=None)):
+                                            InferenceOptions(max_tokens=None, ignore_eos=True)):
             pass
 
     task = asyncio.create_task(consume())
