@@ -135,13 +135,14 @@ class Engine:
             self._inbox.append(("abort", seq))
             self._cond.notify()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Cancel everything in flight and stop the thread."""
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Cancel everything in flight and stop the thread. False if it did not stop in time."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def in_flight(self) -> int:
@@ -156,9 +157,8 @@ class Engine:
         def sink(out: RequestOutput) -> None:
             try:
                 loop.call_soon_threadsafe(stream._push, out)
-            except RuntimeError:  # the caller's loop is gone: nobody is listening
-                if out.finish_reason is None and out.error is None:
-                    self.scheduler.finish(stream.seq, SequenceStatus.FINISHED_ABORTED)
+            except RuntimeError:  # the caller's loop is closed: nobody is listening
+                self._finish(stream.seq, SequenceStatus.FINISHED_ABORTED)
         return sink
 
     # ---- engine thread ------------------------------------------------------

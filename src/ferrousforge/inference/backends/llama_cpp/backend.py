@@ -57,7 +57,10 @@ class LoadedModel:
         return self.context.n_ctx
 
     def close(self) -> None:
-        self.engine.shutdown()
+        if not self.engine.shutdown():
+            # Freeing the context under a running decode would crash; leak it instead.
+            log.error("engine thread of %s did not stop; its context is not freed", self.handle.path)
+            return
         self.context.close()
         self.model.close()
 
