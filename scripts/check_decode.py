@@ -20,8 +20,11 @@ if __name__ == "__main__":
     r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
     if r.returncode != 0:
         sig = -r.returncode if r.returncode < 0 else None
-        print(f"libllama failed to load (exit {r.returncode}{', signal %d' % sig if sig else ''}):\n"
-              f"{r.stderr[-2000:]}", file=sys.stderr)
+        print(
+            f"libllama failed to load (exit {r.returncode}{f', signal {sig}' if sig else ''}):\n"
+            f"{r.stderr[-2000:]}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     try:
         from ferrousforge.cli.doctor import decode_check

@@ -34,8 +34,9 @@ class ScriptedSampler:
 
 
 class ScriptedRunner:
-    def __init__(self, n_slots: int = 4, n_batch: int = 16, n_ctx: int = 256,
-                 kv_capacity: int | None = None) -> None:
+    def __init__(
+        self, n_slots: int = 4, n_batch: int = 16, n_ctx: int = 256, kv_capacity: int | None = None
+    ) -> None:
         self.n_slots = n_slots
         self.n_batch = n_batch
         self.n_ctx = n_ctx
@@ -66,7 +67,7 @@ class ScriptedRunner:
         for c in plan.chunks:
             seq = c.seq
             assert c.pos0 == self.kv.get(seq.slot, 0), "chunk does not continue the slot's KV"
-            assert c.tokens == seq.all_ids[c.pos0:c.pos0 + len(c.tokens)]
+            assert c.tokens == seq.all_ids[c.pos0 : c.pos0 + len(c.tokens)]
             self.kv[seq.slot] = c.pos0 + len(c.tokens)
             self.decoded_tokens += len(c.tokens)
             res = ChunkResult()

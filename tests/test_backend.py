@@ -28,15 +28,22 @@ from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
 from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
 
 GREEDY = InferenceOptions(temperature=0, max_tokens=24)
-PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
-           "The three primary colors are"]
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colors are",
+]
 
 
 @pytest.fixture(scope="module")
 def backend_and_handle(model_path):
     backend = LlamaCppBackend()
-    loaded = backend.load_model_sync(model_path, BackendConfig(num_threads=2, context_size=2048,
-                                                               max_parallel=4), AcceleratorType.Cpu())
+    loaded = backend.load_model_sync(
+        model_path,
+        BackendConfig(num_threads=2, context_size=2048, max_parallel=4),
+        AcceleratorType.Cpu(),
+    )
     yield backend, loaded.handle
     loaded.close()
 
@@ -58,15 +65,17 @@ def test_backend_implements_the_protocol():
 async def test_the_readme_example_runs(model_path):
     backend = LlamaCppBackend()
     progress: list[float] = []
-    config = BackendConfig(num_threads=2, context_size=2048, batch_size=512,
-                           progress_callback=progress.append)
+    config = BackendConfig(
+        num_threads=2, context_size=2048, batch_size=512, progress_callback=progress.append
+    )
     handle = await backend.load_model(Path(model_path), config, None)
     options = InferenceOptions(temperature=0.7, max_tokens=20, min_tokens=2, seed=7)
     out = await backend.infer(handle, BackendInput.Text("Hello, how are you?"), options)
     assert isinstance(out, BackendOutput.Text)
     assert out.text and out.usage.completion_tokens <= 20
-    outs = await backend.infer_batch(handle, [BackendInput.Text("Prompt 1"), BackendInput.Text("Prompt 2")],
-                                     options)
+    outs = await backend.infer_batch(
+        handle, [BackendInput.Text("Prompt 1"), BackendInput.Text("Prompt 2")], options
+    )
     assert len(outs) == 2 and all(o.text for o in outs)
     chunks = [c async for c in backend.infer_stream(handle, BackendInput.Text("Hi"), options)]
     assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].usage is not None
@@ -85,7 +94,9 @@ async def test_infer_reports_usage_timings_and_finish_reason(backend, handle):
 
 async def test_stream_concatenates_to_the_same_text(backend, handle):
     whole = await backend.infer(handle, BackendInput.Text("Once upon a time"), GREEDY)
-    chunks = [c async for c in backend.infer_stream(handle, BackendInput.Text("Once upon a time"), GREEDY)]
+    chunks = [
+        c async for c in backend.infer_stream(handle, BackendInput.Text("Once upon a time"), GREEDY)
+    ]
     assert "".join(c.text for c in chunks) == whole.text
     assert [t for c in chunks for t in c.token_ids] == whole.token_ids
     assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 24
@@ -110,10 +121,14 @@ async def test_batch_really_decodes_sequences_together(backend, handle):
 
 
 async def test_same_seed_same_output_and_different_seed_differs(backend, handle):
-    opts = InferenceOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24, seed=1234)
+    opts = InferenceOptions(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24, seed=1234
+    )
     a = await backend.infer(handle, BackendInput.Text("My favourite animal is"), opts)
     b = await backend.infer(handle, BackendInput.Text("My favourite animal is"), opts)
-    c = await backend.infer(handle, BackendInput.Text("My favourite animal is"), opts.replace(seed=99))
+    c = await backend.infer(
+        handle, BackendInput.Text("My favourite animal is"), opts.replace(seed=99)
+    )
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
 
@@ -123,8 +138,11 @@ async def test_tokens_and_chat_inputs(backend, handle):
     by_ids = await backend.infer(handle, BackendInput.Tokens(ids), GREEDY)
     by_text = await backend.infer(handle, BackendInput.Text("The capital of France is"), GREEDY)
     assert by_ids.token_ids == by_text.token_ids
-    chat = await backend.infer(handle, BackendInput.Chat([{"role": "user", "content": "Say hi"}]),
-                               InferenceOptions(temperature=0, max_tokens=40))
+    chat = await backend.infer(
+        handle,
+        BackendInput.Chat([{"role": "user", "content": "Say hi"}]),
+        InferenceOptions(temperature=0, max_tokens=40),
+    )
     assert chat.finish_reason == "stop" and chat.text.strip()
     with pytest.raises(ValueError, match="tokens: token id 999999"):
         await backend.infer(handle, BackendInput.Tokens([1, 999999]), GREEDY)
@@ -134,57 +152,91 @@ def test_chat_without_a_template_is_a_clear_error():
     with pytest.raises(ChatTemplateError, match="no chat template"):
         render_chat(None, [{"role": "user", "content": "hi"}], bos_token="", eos_token="")
     with pytest.raises(ChatTemplateError, match="failed to render"):
-        render_chat("{{ raise_exception('bad role') }}", [{"role": "user", "content": "x"}],
-                    bos_token="", eos_token="")
+        render_chat(
+            "{{ raise_exception('bad role') }}",
+            [{"role": "user", "content": "x"}],
+            bos_token="",
+            eos_token="",
+        )
 
 
 async def test_stop_strings_ignore_eos_and_min_tokens(backend, handle):
     base = await backend.infer(handle, BackendInput.Text("1, 2, 3, 4,"), GREEDY)
     assert " 7" in base.text
-    stopped = await backend.infer(handle, BackendInput.Text("1, 2, 3, 4,"), GREEDY.replace(stop=[" 7"]))
+    stopped = await backend.infer(
+        handle, BackendInput.Text("1, 2, 3, 4,"), GREEDY.replace(stop=[" 7"])
+    )
     assert stopped.finish_reason == "stop" and " 7" not in stopped.text
     assert base.text.startswith(stopped.text)
     chat = BackendInput.Chat([{"role": "user", "content": "Reply with one word: yes or no?"}])
     short = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=40))
     assert short.finish_reason == "stop" and short.usage.completion_tokens < 10
-    forced = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=20,
-                                                                ignore_eos=True))
+    forced = await backend.infer(
+        handle, chat, InferenceOptions(temperature=0, max_tokens=20, ignore_eos=True)
+    )
     assert forced.finish_reason == "length" and forced.usage.completion_tokens == 20
-    at_least = await backend.infer(handle, chat, InferenceOptions(
-        temperature=0, max_tokens=40, min_tokens=short.usage.completion_tokens + 5))
+    at_least = await backend.infer(
+        handle,
+        chat,
+        InferenceOptions(
+            temperature=0, max_tokens=40, min_tokens=short.usage.completion_tokens + 5
+        ),
+    )
     assert at_least.usage.completion_tokens >= short.usage.completion_tokens + 5
 
 
 async def test_grammar_constrains_output_and_bad_grammar_names_the_field(backend, handle):
-    out = await backend.infer(handle, BackendInput.Text("Is the sky blue? Answer:"),
-                              InferenceOptions(temperature=0.8, seed=3, max_tokens=8,
-                                               grammar='root ::= " yes" | " no"'))
+    out = await backend.infer(
+        handle,
+        BackendInput.Text("Is the sky blue? Answer:"),
+        InferenceOptions(temperature=0.8, seed=3, max_tokens=8, grammar='root ::= " yes" | " no"'),
+    )
     assert out.text in (" yes", " no")
     with pytest.raises(ValueError, match="^grammar:"):
         await backend.infer(handle, BackendInput.Text("x"), InferenceOptions(grammar="root ::= ("))
 
 
 async def test_every_sampler_option_runs(backend, handle):
-    opts = InferenceOptions(temperature=0.9, top_k=20, top_p=0.9, min_p=0.02, typical_p=0.95,
-                            repeat_penalty=1.2, repeat_last_n=32, presence_penalty=0.5,
-                            frequency_penalty=0.5, seed=5, logit_bias={1: -100.0},
-                            dry_multiplier=0.8, xtc_probability=0.3, max_tokens=10)
+    opts = InferenceOptions(
+        temperature=0.9,
+        top_k=20,
+        top_p=0.9,
+        min_p=0.02,
+        typical_p=0.95,
+        repeat_penalty=1.2,
+        repeat_last_n=32,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        seed=5,
+        logit_bias={1: -100.0},
+        dry_multiplier=0.8,
+        xtc_probability=0.3,
+        max_tokens=10,
+    )
     for extra in ({}, {"mirostat": 1}, {"mirostat": 2}):
-        out = await backend.infer(handle, BackendInput.Text("Tell me a story"), opts.replace(**extra))
+        out = await backend.infer(
+            handle, BackendInput.Text("Tell me a story"), opts.replace(**extra)
+        )
         assert out.usage.completion_tokens >= 1
 
 
 async def test_logit_bias_bans_a_token(backend, handle):
     base = await backend.infer(handle, BackendInput.Text("The capital of France is"), GREEDY)
     banned = base.token_ids[0]
-    out = await backend.infer(handle, BackendInput.Text("The capital of France is"),
-                              GREEDY.replace(logit_bias={banned: float("-inf")}))
+    out = await backend.infer(
+        handle,
+        BackendInput.Text("The capital of France is"),
+        GREEDY.replace(logit_bias={banned: float("-inf")}),
+    )
     assert out.token_ids[0] != banned
 
 
 async def test_logprobs_and_prompt_logprobs(backend, handle):
-    out = await backend.infer(handle, BackendInput.Text("The capital of France is"),
-                              GREEDY.replace(max_tokens=3, logprobs=3, echo_logprobs=True))
+    out = await backend.infer(
+        handle,
+        BackendInput.Text("The capital of France is"),
+        GREEDY.replace(max_tokens=3, logprobs=3, echo_logprobs=True),
+    )
     assert len(out.logprobs) == 3
     first = out.logprobs[0]
     assert first.top[0][0] == first.token  # greedy picks the most likely token
@@ -195,12 +247,16 @@ async def test_logprobs_and_prompt_logprobs(backend, handle):
 
 async def test_context_overflow_is_an_error_not_truncation(backend, handle):
     with pytest.raises(ContextOverflowError, match="exceeds the context size of 512"):
-        await backend.infer(handle, BackendInput.Text("word " * 300), InferenceOptions(max_tokens=300))
+        await backend.infer(
+            handle, BackendInput.Text("word " * 300), InferenceOptions(max_tokens=300)
+        )
 
 
 async def test_accelerator_the_library_lacks_is_a_clear_error(model_path):
     with pytest.raises(AcceleratorUnavailableError, match="no GPU support"):
-        await LlamaCppBackend().load_model(model_path, BackendConfig(), AcceleratorType.Cuda(device_id=0))
+        await LlamaCppBackend().load_model(
+            model_path, BackendConfig(), AcceleratorType.Cuda(device_id=0)
+        )
 
 
 @pytest.mark.parametrize("make", ["missing", "directory", "not_gguf", "truncated"])
@@ -221,7 +277,13 @@ async def test_file_llama_cpp_rejects_carries_its_log_lines(tmp_path):
     def s(x: str) -> bytes:
         return struct.pack("<Q", len(x)) + x.encode()
 
-    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + s("general.architecture") + struct.pack("<I", 8) + s("llama")
+    head = (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + s("general.architecture")
+        + struct.pack("<I", 8)
+        + s("llama")
+    )
     path = tmp_path / "empty.gguf"
     path.write_bytes(head + b"\0" * (32 - len(head) % 32))
     with pytest.raises(ModelLoadError, match="llama.cpp failed to load the model") as err:
@@ -230,11 +292,15 @@ async def test_file_llama_cpp_rejects_carries_its_log_lines(tmp_path):
 
 
 def test_library_not_found_explains_where_it_looked(tmp_path):
-    code = ("from ferrousforge.inference.backends.llama_cpp.library import load_library\n"
-            "from ferrousforge.errors import LibraryNotFoundError\n"
-            "try:\n    load_library()\nexcept LibraryNotFoundError as e:\n    print('ERR', e)\n")
+    code = (
+        "from ferrousforge.inference.backends.llama_cpp.library import load_library\n"
+        "from ferrousforge.errors import LibraryNotFoundError\n"
+        "try:\n    load_library()\nexcept LibraryNotFoundError as e:\n    print('ERR', e)\n"
+    )
     env = dict(os.environ, FERROUSFORGE_LLAMA_LIB=str(tmp_path / "nowhere"))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.stdout.startswith("ERR libllama not found at"), r.stdout + r.stderr
     assert "FERROUSFORGE_LLAMA_LIB" in r.stdout
 
@@ -243,10 +309,14 @@ def test_dynamic_mode_loads_a_library_directory():
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    code = ("from ferrousforge.inference.backends.llama_cpp.library import load_library, library_info\n"
-            "load_library(); i = library_info(); print(i.mode, i.path)\n")
+    code = (
+        "from ferrousforge.inference.backends.llama_cpp.library import load_library, library_info\n"
+        "load_library(); i = library_info(); print(i.mode, i.path)\n"
+    )
     env = dict(os.environ, FERROUSFORGE_LLAMA_LIB=str(lib_dir))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.stdout.split()[0] == "dynamic", r.stdout + r.stderr
     assert r.stdout.split()[1] == str(lib_dir / "libllama.so")
 
@@ -265,7 +335,9 @@ async def test_load_unload_cycles_do_not_leak(model_path):
 
     async def cycle():
         h = await backend.load_model(model_path, config)
-        await backend.infer(h, BackendInput.Text("Hi"), InferenceOptions(temperature=0, max_tokens=2))
+        await backend.infer(
+            h, BackendInput.Text("Hi"), InferenceOptions(temperature=0, max_tokens=2)
+        )
         await backend.unload_model(h)
         gc.collect()
 

@@ -42,9 +42,12 @@ async def test_concurrent_requests_all_complete_and_match_running_alone(model):
     forced = GREEDY.replace(ignore_eos=True)
     alone = {p: await backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]}
     lengths = [4, 9, 16, 12, 7, 16, 3, 10, 16, 5]
-    outs = await asyncio.gather(*(
-        backend.infer(h, BackendInput.Text(p), forced.replace(max_tokens=n))
-        for p, n in zip(PROMPTS, lengths, strict=True)))
+    outs = await asyncio.gather(
+        *(
+            backend.infer(h, BackendInput.Text(p), forced.replace(max_tokens=n))
+            for p, n in zip(PROMPTS, lengths, strict=True)
+        )
+    )
     assert [o.usage.completion_tokens for o in outs] == lengths
     assert all(o.finish_reason == "length" for o in outs)
     for p, o in zip(PROMPTS[:4], outs[:4], strict=True):
@@ -58,8 +61,9 @@ async def test_concurrent_streams_interleave_instead_of_queueing(model):
     order = []
 
     async def consume(i):
-        async for chunk in backend.infer_stream(lm.handle, BackendInput.Text(PROMPTS[i]),
-                                                GREEDY.replace(max_tokens=12, ignore_eos=True)):
+        async for chunk in backend.infer_stream(
+            lm.handle, BackendInput.Text(PROMPTS[i]), GREEDY.replace(max_tokens=12, ignore_eos=True)
+        ):
             if chunk.token_ids:
                 order.append(i)
 
@@ -72,8 +76,9 @@ async def test_concurrent_streams_interleave_instead_of_queueing(model):
 async def test_a_new_request_does_not_interrupt_a_running_stream(model):
     backend, lm = model
     got = []
-    stream = backend.infer_stream(lm.handle, BackendInput.Text(PROMPTS[0]),
-                                  GREEDY.replace(max_tokens=20, ignore_eos=True))
+    stream = backend.infer_stream(
+        lm.handle, BackendInput.Text(PROMPTS[0]), GREEDY.replace(max_tokens=20, ignore_eos=True)
+    )
     async for chunk in stream:
         got.extend(chunk.token_ids)
         if len(got) == 3:
@@ -85,15 +90,20 @@ async def test_a_new_request_does_not_interrupt_a_running_stream(model):
 
 async def test_cancelling_a_stream_frees_its_slot(model):
     backend, lm = model
-    agen = backend.infer_stream(lm.handle, BackendInput.Text(PROMPTS[2]), InferenceOptions(max_tokens=None))
+    agen = backend.infer_stream(
+        lm.handle, BackendInput.Text(PROMPTS[2]), InferenceOptions(max_tokens=None)
+    )
     async for _ in agen:
         break
     await agen.aclose()
     assert await wait_idle(lm.engine)
 
     async def consume():
-        async for _ in backend.infer_stream(lm.handle, BackendInput.Text(PROMPTS[3]),
-                                            InferenceOptions(max_tokens=None, ignore_eos=True)):
+        async for _ in backend.infer_stream(
+            lm.handle,
+            BackendInput.Text(PROMPTS[3]),
+            InferenceOptions(max_tokens=None, ignore_eos=True),
+        ):
             pass
 
     task = asyncio.create_task(consume())
@@ -114,8 +124,9 @@ async def test_prefix_hit_is_reported_and_gives_the_same_output_as_a_cold_run(mo
         warm = await backend.infer(lm.handle, BackendInput.Text(prompt), GREEDY)
         assert warm.usage.cached_tokens == warm.usage.prompt_tokens - 1
         assert warm.token_ids == cold.token_ids
-        other = await backend.infer(lm.handle, BackendInput.Text(system + "Which river flows through Rome?"),
-                                    GREEDY)
+        other = await backend.infer(
+            lm.handle, BackendInput.Text(system + "Which river flows through Rome?"), GREEDY
+        )
         assert other.usage.cached_tokens >= len(backend.tokenize(lm.handle, system)) - 1
         assert lm.engine.stats.prefix_cache_hits >= 2
     finally:
@@ -125,7 +136,9 @@ async def test_prefix_hit_is_reported_and_gives_the_same_output_as_a_cold_run(mo
 async def test_n_completions_share_the_prompt(model):
     backend, lm = model
     ids = backend.tokenize(lm.handle, PROMPTS[5] * 3)
-    streams = backend.submit(lm.handle, ids, InferenceOptions(temperature=1.0, seed=1, max_tokens=8), n=3)
+    streams = backend.submit(
+        lm.handle, ids, InferenceOptions(temperature=1.0, seed=1, max_tokens=8), n=3
+    )
     results = [[t async for out in s for t in out.token_ids] for s in streams]
     assert all(len(r) <= 8 for r in results)
     cached = [s.seq.n_cached_prompt for s in streams]
@@ -150,14 +163,16 @@ async def test_overload_raises_when_the_waiting_queue_is_full(model_path):
 
 
 async def test_full_kv_cache_preempts_and_every_output_stays_correct(model_path):
-    backend, lm = load(model_path, context_size=256, max_parallel=4, prefix_cache=False,
-                       kv_unified=True)
+    backend, lm = load(
+        model_path, context_size=256, max_parallel=4, prefix_cache=False, kv_unified=True
+    )
     try:
         opts = GREEDY.replace(max_tokens=70, ignore_eos=True)
         prompts = [f"Story number {i}: once upon a time there was a" for i in range(4)]
         alone = [await backend.infer(lm.handle, BackendInput.Text(p), opts) for p in prompts]
-        together = await asyncio.gather(*(backend.infer(lm.handle, BackendInput.Text(p), opts)
-                                          for p in prompts))
+        together = await asyncio.gather(
+            *(backend.infer(lm.handle, BackendInput.Text(p), opts) for p in prompts)
+        )
         assert lm.engine.stats.preemptions >= 1
         for a, t in zip(alone, together, strict=True):
             assert len(t.token_ids) == 70

@@ -29,7 +29,9 @@ def engine_factory():
     engines = []
 
     def make(**kw):
-        runner_kw = {k: kw.pop(k) for k in list(kw) if k in ("n_slots", "n_batch", "n_ctx", "kv_capacity")}
+        runner_kw = {
+            k: kw.pop(k) for k in list(kw) if k in ("n_slots", "n_batch", "n_ctx", "kv_capacity")
+        }
         e = Engine(ScriptedRunner(**runner_kw), piece, **kw)
         engines.append(e)
         return e
@@ -42,8 +44,9 @@ def engine_factory():
 async def test_stream_delivers_every_token_and_usage(engine_factory):
     engine = engine_factory()
     prompt = [5, 6, 7]
-    text, ids, last = await drain(engine.add_request(prompt, SamplingLimits(max_tokens=6),
-                                                     ScriptedSampler()))
+    text, ids, last = await drain(
+        engine.add_request(prompt, SamplingLimits(max_tokens=6), ScriptedSampler())
+    )
     assert ids == expected_output(prompt, 6)
     assert text == text_of(ids)
     assert last.finish_reason == "length"
@@ -55,16 +58,18 @@ async def test_stop_string_across_tokens_ends_the_request(engine_factory):
     prompt = [11, 2]
     full = text_of(expected_output(prompt, 8))
     stop = full[8:14]  # six characters that straddle two pieces
-    text, _, last = await drain(engine.add_request(prompt, SamplingLimits(max_tokens=8, stop=[stop]),
-                                                   ScriptedSampler()))
+    text, _, last = await drain(
+        engine.add_request(prompt, SamplingLimits(max_tokens=8, stop=[stop]), ScriptedSampler())
+    )
     assert last.finish_reason == "stop"
     assert text == full[:8] and stop not in text
 
 
 async def test_eog_finishes_with_stop_and_frees_the_slot(engine_factory):
     engine = engine_factory()
-    _, ids, last = await drain(engine.add_request([3, 4], SamplingLimits(max_tokens=50),
-                                                  ScriptedSampler(forced={4: EOG})))
+    _, ids, last = await drain(
+        engine.add_request([3, 4], SamplingLimits(max_tokens=50), ScriptedSampler(forced={4: EOG}))
+    )
     assert last.finish_reason == "stop" and len(ids) == 4
     assert engine.scheduler.busy_slots() == 0
 
@@ -82,14 +87,18 @@ async def test_abort_frees_the_slot_within_a_step(engine_factory):
         await asyncio.sleep(0.005)
     assert engine.scheduler.busy_slots() == 0 and sampler.closed
     # The freed slot serves the next request.
-    _, ids, _ = await drain(engine.add_request([9, 9], SamplingLimits(max_tokens=3), ScriptedSampler()))
+    _, ids, _ = await drain(
+        engine.add_request([9, 9], SamplingLimits(max_tokens=3), ScriptedSampler())
+    )
     assert ids == expected_output([9, 9], 3)
 
 
 async def test_overload_raises_at_once_when_the_queue_is_full(engine_factory):
     engine = engine_factory(n_slots=1, max_waiting=2)
-    streams = [engine.add_request([i + 1], SamplingLimits(max_tokens=5), ScriptedSampler())
-               for i in range(3)]
+    streams = [
+        engine.add_request([i + 1], SamplingLimits(max_tokens=5), ScriptedSampler())
+        for i in range(3)
+    ]
     with pytest.raises(EngineOverloadedError) as err:
         engine.add_request([9], SamplingLimits(max_tokens=5), ScriptedSampler())
     assert err.value.retry_after > 0

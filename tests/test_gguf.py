@@ -9,7 +9,9 @@ from ferrousforge.errors import ModelLoadError
 from ferrousforge.inference.gguf import read_gguf, validate_gguf
 
 
-def gguf_bytes(arch: str | None = "llama", tensors: list[tuple[str, list[int], int, int]] = ()) -> bytes:
+def gguf_bytes(
+    arch: str | None = "llama", tensors: list[tuple[str, list[int], int, int]] = ()
+) -> bytes:
     def s(x: str) -> bytes:
         b = x.encode()
         return struct.pack("<Q", len(b)) + b
@@ -21,7 +23,9 @@ def gguf_bytes(arch: str | None = "llama", tensors: list[tuple[str, list[int], i
         n_kv += 1
     ti = b""
     for name, shape, gtype, offset in tensors:
-        ti += s(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
+        ti += (
+            s(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
+        )
         ti += struct.pack("<IQ", gtype, offset)
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), n_kv) + kv + ti
     return head + b"\0" * ((32 - len(head) % 32) % 32)

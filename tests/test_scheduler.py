@@ -15,8 +15,9 @@ def make_seq(prompt_len: int, max_tokens: int = 4, first: int | None = None, **l
     rid = next(_ids)
     first = rid if first is None else first
     prompt = [first] + [(first * 13 + i) % 900 + 1 for i in range(prompt_len - 1)]
-    return Sequence(rid, prompt, SamplingLimits(max_tokens=max_tokens, **limits),
-                    sampler=ScriptedSampler())
+    return Sequence(
+        rid, prompt, SamplingLimits(max_tokens=max_tokens, **limits), sampler=ScriptedSampler()
+    )
 
 
 def run_until_done(sched: Scheduler, runner: ScriptedRunner, max_steps: int = 10_000) -> int:
@@ -107,8 +108,9 @@ def test_prefix_cache_reuses_a_finished_requests_prompt():
     first = make_seq(20, max_tokens=2, first=7)
     sched.add(first)
     run_until_done(sched, runner)
-    follow = Sequence(999, first.prompt_ids + [5, 6, 7], SamplingLimits(max_tokens=2),
-                      sampler=ScriptedSampler())
+    follow = Sequence(
+        999, first.prompt_ids + [5, 6, 7], SamplingLimits(max_tokens=2), sampler=ScriptedSampler()
+    )
     sched.add(follow)
     plan = sched.schedule()
     assert follow.n_cached_prompt == 20
@@ -125,8 +127,9 @@ def test_prefix_is_copied_from_a_busy_slot():
     sched.add(a)
     plan = sched.schedule()
     sched.postprocess(plan, runner.execute(plan))
-    b = Sequence(500, a.prompt_ids[:40] + [42], SamplingLimits(max_tokens=1),
-                 sampler=ScriptedSampler())
+    b = Sequence(
+        500, a.prompt_ids[:40] + [42], SamplingLimits(max_tokens=1), sampler=ScriptedSampler()
+    )
     sched.add(b)
     plan = sched.schedule()
     assert [(op.kind, op.p0) for op in plan.kv_ops] == [("cp", -1), ("rm", 40)]
@@ -143,7 +146,9 @@ def test_a_short_shared_prefix_is_recomputed_rather_than_copied():
     sched.add(a)
     plan = sched.schedule()
     sched.postprocess(plan, runner.execute(plan))
-    b = Sequence(501, a.prompt_ids[:8] + [42], SamplingLimits(max_tokens=1), sampler=ScriptedSampler())
+    b = Sequence(
+        501, a.prompt_ids[:8] + [42], SamplingLimits(max_tokens=1), sampler=ScriptedSampler()
+    )
     sched.add(b)
     sched.schedule()
     assert b.n_cached_prompt == 0
@@ -155,7 +160,9 @@ def test_identical_prompt_always_recomputes_its_last_token():
     a = make_seq(6, max_tokens=1, first=9)
     sched.add(a)
     run_until_done(sched, runner)
-    again = Sequence(77, list(a.prompt_ids), SamplingLimits(max_tokens=1), sampler=ScriptedSampler())
+    again = Sequence(
+        77, list(a.prompt_ids), SamplingLimits(max_tokens=1), sampler=ScriptedSampler()
+    )
     sched.add(again)
     plan = sched.schedule()
     assert again.n_cached_prompt == 5 and plan.chunks[0].tokens == a.prompt_ids[-1:]
@@ -195,8 +202,16 @@ def test_n_siblings_wait_for_the_leader_prefill_then_share_it():
     runner = ScriptedRunner(n_slots=3, n_batch=8)
     sched = Scheduler(runner)
     leader = make_seq(20, max_tokens=2, first=4)
-    siblings = [Sequence(900 + i, list(leader.prompt_ids), SamplingLimits(max_tokens=2),
-                         sampler=ScriptedSampler(), share_prefix_with=leader) for i in range(2)]
+    siblings = [
+        Sequence(
+            900 + i,
+            list(leader.prompt_ids),
+            SamplingLimits(max_tokens=2),
+            sampler=ScriptedSampler(),
+            share_prefix_with=leader,
+        )
+        for i in range(2)
+    ]
     for s in [leader, *siblings]:
         sched.add(s)
     run_until_done(sched, runner)

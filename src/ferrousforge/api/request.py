@@ -62,8 +62,9 @@ class InferenceOptions:
         _check(0.0 <= self.top_p <= 1.0, "top_p", "between 0 and 1")
         _check(0.0 <= self.min_p <= 1.0, "min_p", "between 0 and 1")
         _check(0.0 < self.typical_p <= 1.0, "typical_p", "in (0, 1]")
-        _check(self.repeat_penalty > 0 and math.isfinite(self.repeat_penalty),
-               "repeat_penalty", "> 0")
+        _check(
+            self.repeat_penalty > 0 and math.isfinite(self.repeat_penalty), "repeat_penalty", "> 0"
+        )
         _check(self.repeat_last_n >= -1, "repeat_last_n", ">= -1")
         _check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "between -2 and 2")
         _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "between -2 and 2")
@@ -71,10 +72,16 @@ class InferenceOptions:
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings")
         _check(len(self.stop) <= 16, "stop", "at most 16 strings")
         _check(self.min_tokens >= 0, "min_tokens", ">= 0")
-        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens,
-               "min_tokens", "<= max_tokens")
-        _check(all(math.isfinite(b) or b == -math.inf for b in self.logit_bias.values()),
-               "logit_bias", "finite numbers or -inf")
+        _check(
+            self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            "<= max_tokens",
+        )
+        _check(
+            all(math.isfinite(b) or b == -math.inf for b in self.logit_bias.values()),
+            "logit_bias",
+            "finite numbers or -inf",
+        )
         _check(self.mirostat in (0, 1, 2), "mirostat", "0, 1 or 2")
         _check(self.mirostat_tau > 0, "mirostat_tau", "> 0")
         _check(self.mirostat_eta > 0, "mirostat_eta", "> 0")

@@ -25,16 +25,32 @@ from ferrousforge.models.default_model import default_model_path
 async def main(path):
     b = LlamaCppBackend()
     h = await b.load_model(path, BackendConfig(num_threads=1, context_size=256, max_parallel=1))
-    out = await b.infer(h, BackendInput.Text("Hello"), InferenceOptions(temperature=0, max_tokens=1))
+    opts = InferenceOptions(temperature=0, max_tokens=1)
+    out = await b.infer(h, BackendInput.Text("Hello"), opts)
     await b.unload_model(h)
     print(f"decoded {out.usage.completion_tokens} token(s): {out.text!r}")
 
 asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else default_model_path()))
 """
 
-_INTERESTING = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl",
-                "avx512_vnni", "avx512_bf16", "avx512vbmi", "avx_vnni", "amx_tile", "amx_int8",
-                "amx_bf16")
+_INTERESTING = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 SIGILL_HELP = (
     "the library was killed by SIGILL: it was compiled for instructions this CPU cannot "
@@ -42,7 +58,8 @@ SIGILL_HELP = (
     "VM that advertises AMX but traps it. Rebuild without AMX: `make rebuild-llama` (uses "
     "scripts/llama_cmake_args.sh: -DGGML_NATIVE=OFF with explicit AVX2/AVX512 flags), or "
     "`CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' pip install "
-    "--no-cache-dir --force-reinstall llama-cpp-python==0.3.36`.")
+    "--no-cache-dir --force-reinstall llama-cpp-python==0.3.36`."
+)
 
 
 def cpu_features() -> list[str]:
@@ -60,8 +77,13 @@ def cpu_features() -> list[str]:
 def decode_check(model: str | None = None, timeout: float = 120.0) -> tuple[bool, str]:
     """Load a model and decode one token in a child process. Returns (ok, explanation)."""
     try:
-        r = subprocess.run([sys.executable, "-c", _CHILD, model or ""], capture_output=True,
-                           text=True, timeout=timeout, env=os.environ.copy())
+        r = subprocess.run(
+            [sys.executable, "-c", _CHILD, model or ""],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
+        )
     except subprocess.TimeoutExpired:
         return False, f"the one-token decode did not finish in {timeout:.0f} s"
     if r.returncode == 0:
@@ -100,9 +122,12 @@ def run_doctor(model: str | None = None) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check the llama.cpp library and run a one-token decode",
-                       description="Print the library mode and path, llama.cpp's system info and "
-                                   "the CPU features, then decode one token in a subprocess.",
-                       epilog="example: ferrousforge doctor --model ./model.gguf")
+    p = sub.add_parser(
+        "doctor",
+        help="check the llama.cpp library and run a one-token decode",
+        description="Print the library mode and path, llama.cpp's system info and "
+        "the CPU features, then decode one token in a subprocess.",
+        epilog="example: ferrousforge doctor --model ./model.gguf",
+    )
     p.add_argument("--model", help="GGUF file to decode with (default: the bundled model)")
     p.set_defaults(func=lambda args: run_doctor(args.model))

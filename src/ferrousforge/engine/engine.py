@@ -85,8 +85,15 @@ class RequestStream:
 
 
 class Engine:
-    def __init__(self, runner: Runner, piece: Callable[[int], bytes], *,
-                 max_waiting: int = 256, prefix_cache: bool = True, name: str = "engine") -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        piece: Callable[[int], bytes],
+        *,
+        max_waiting: int = 256,
+        prefix_cache: bool = True,
+        name: str = "engine",
+    ) -> None:
         self.runner = runner
         self.scheduler = Scheduler(runner, prefix_cache=prefix_cache)
         self.piece = piece
@@ -105,15 +112,26 @@ class Engine:
     def check_fits(self, prompt_len: int, max_tokens: int | None) -> None:
         self.scheduler.check_fits(prompt_len, max_tokens)
 
-    def add_request(self, prompt_ids: list[int], limits: SamplingLimits, sampler: Any = None, *,
-                    share_prefix_with: Sequence | None = None,
-                    loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
+    def add_request(
+        self,
+        prompt_ids: list[int],
+        limits: SamplingLimits,
+        sampler: Any = None,
+        *,
+        share_prefix_with: Sequence | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RequestStream:
         """Queue a request. Raises EngineOverloadedError when the waiting queue is full,
         ContextOverflowError when it can never fit, EngineStoppedError after shutdown."""
         loop = loop or asyncio.get_running_loop()
         self.scheduler.check_fits(len(prompt_ids), limits.max_tokens)
-        seq = Sequence(next(self._ids), list(prompt_ids), limits, sampler=sampler,
-                       share_prefix_with=share_prefix_with)
+        seq = Sequence(
+            next(self._ids),
+            list(prompt_ids),
+            limits,
+            sampler=sampler,
+            share_prefix_with=share_prefix_with,
+        )
         seq.output = Detokenizer(self.piece, limits.stop)
         stream = RequestStream(self, seq, loop)
         seq.sink = self._make_sink(stream, loop)
@@ -124,7 +142,9 @@ class Engine:
                 self.stats.requests_rejected += 1
                 raise EngineOverloadedError(
                     f"server busy: {self._unfinished} requests in flight "
-                    f"({self.runner.n_slots} slots + {self.max_waiting} waiting)", retry_after=1.0)
+                    f"({self.runner.n_slots} slots + {self.max_waiting} waiting)",
+                    retry_after=1.0,
+                )
             self._unfinished += 1
             self._inbox.append(("add", seq))
             self._cond.notify()
@@ -159,6 +179,7 @@ class Engine:
                 loop.call_soon_threadsafe(stream._push, out)
             except RuntimeError:  # the caller's loop is closed: nobody is listening
                 self._finish(stream.seq, SequenceStatus.FINISHED_ABORTED)
+
         return sink
 
     # ---- engine thread ------------------------------------------------------
@@ -230,8 +251,12 @@ class Engine:
                 self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
             if seq.prev_token_at:
                 self.stats.inter_token.observe(seq.last_token_at - seq.prev_token_at)
-        out = RequestOutput(text, ids, logprobs=[res.logprob] if res.logprob else None,
-                            prompt_logprobs=res.prompt_logprobs)
+        out = RequestOutput(
+            text,
+            ids,
+            logprobs=[res.logprob] if res.logprob else None,
+            prompt_logprobs=res.prompt_logprobs,
+        )
         if seq.is_finished:
             out.text += seq.output.flush()
             self._fill_final(seq, out)
@@ -269,7 +294,9 @@ class Engine:
             self.runner.free_sampler(seq)
         else:
             self.scheduler.finish(seq, status)
-        out = RequestOutput(seq.output.flush() if status != SequenceStatus.FINISHED_ABORTED else "", [])
+        out = RequestOutput(
+            seq.output.flush() if status != SequenceStatus.FINISHED_ABORTED else "", []
+        )
         self._fill_final(seq, out)
         if seq.sink is not None:
             seq.sink(out)

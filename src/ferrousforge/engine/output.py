@@ -46,7 +46,7 @@ class Detokenizer:
             self._held = ""
             return text[:cut], True
         hold = self._partial_stop_len(text)
-        self._held = text[len(text) - hold:] if hold else ""
+        self._held = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold], False
 
     def _partial_stop_len(self, text: str) -> int:

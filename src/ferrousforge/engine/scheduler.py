@@ -67,7 +67,8 @@ class Scheduler:
         if need > limit:
             raise ContextOverflowError(
                 f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
-                f"context size of {self.n_ctx} tokens")
+                f"context size of {self.n_ctx} tokens"
+            )
 
     def add(self, seq: Sequence) -> None:
         self.check_fits(len(seq.prompt_ids), seq.limits.max_tokens)
@@ -95,8 +96,14 @@ class Scheduler:
         tokens = seq.all_ids
         # At least one token must be decoded to get logits; prompt logprobs need all of them.
         max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
-        own = max(free, key=lambda s: (min(common_prefix_len(s.cached, tokens), max_reuse),
-                                       -len(s.cached), -s.last_used))
+        own = max(
+            free,
+            key=lambda s: (
+                min(common_prefix_len(s.cached, tokens), max_reuse),
+                -len(s.cached),
+                -s.last_used,
+            ),
+        )
         own_len = min(common_prefix_len(own.cached, tokens), max_reuse)
         src, src_len = None, own_len + MIN_COPY_GAIN - 1
         if max_reuse > src_len or seq.share_prefix_with is not None:
@@ -157,7 +164,9 @@ class Scheduler:
         all_logits = seq.limits.echo_logprobs and start < len(seq.prompt_ids)
         plan.chunks.append(ScheduledChunk(seq, tokens, start, sample, all_logits))
 
-    def postprocess(self, plan: StepPlan, results: list[ChunkResult]) -> list[tuple[Sequence, ChunkResult]]:
+    def postprocess(
+        self, plan: StepPlan, results: list[ChunkResult]
+    ) -> list[tuple[Sequence, ChunkResult]]:
         """Advance sequences past the decoded chunks; apply token-level stop rules.
 
         Returns the sequences that sampled a token this step (finished or not).
@@ -183,7 +192,8 @@ class Scheduler:
                 seq.output_ids.append(token)
                 max_tokens = seq.limits.max_tokens
                 if (max_tokens is not None and len(seq.output_ids) >= max_tokens) or (
-                        seq.n_tokens >= self.n_ctx):
+                    seq.n_tokens >= self.n_ctx
+                ):
                     self.finish(seq, SequenceStatus.FINISHED_LENGTH)
             sampled.append((seq, res))
         return sampled

@@ -82,7 +82,7 @@ class Sequence:
 
     @property
     def bans_eog(self) -> bool:
-        """End-of-generation tokens are masked while min_tokens is unmet, or always with ignore_eos."""
+        """End-of-generation is masked while min_tokens is unmet, or always with ignore_eos."""
         return self.limits.ignore_eos or len(self.output_ids) < self.limits.min_tokens
 
     @property

@@ -33,7 +33,9 @@ class AcceleratorType:
         device_id: int = 0
 
 
-Accelerator = AcceleratorType.Cpu | AcceleratorType.Cuda | AcceleratorType.Metal | AcceleratorType.Vulkan
+Accelerator = (
+    AcceleratorType.Cpu | AcceleratorType.Cuda | AcceleratorType.Metal | AcceleratorType.Vulkan
+)
 
 SplitMode = Literal["none", "layer", "row"]
 KVCacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
@@ -81,11 +83,14 @@ class BackendConfig:
     def validate(self) -> None:
         checks = [
             (self.num_threads >= 1, "num_threads", ">= 1"),
-            (self.num_threads_batch is None or self.num_threads_batch >= 1,
-             "num_threads_batch", ">= 1"),
+            (
+                self.num_threads_batch is None or self.num_threads_batch >= 1,
+                "num_threads_batch",
+                ">= 1",
+            ),
             (self.context_size >= 0, "context_size", ">= 0 (0: from the model)"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
-            (1 <= self.ubatch_size, "ubatch_size", ">= 1"),
+            (self.ubatch_size >= 1, "ubatch_size", ">= 1"),
             (1 <= self.max_parallel <= 256, "max_parallel", "between 1 and 256"),
             (self.max_waiting >= 0, "max_waiting", ">= 0"),
             (self.main_gpu >= 0, "main_gpu", ">= 0"),
@@ -182,7 +187,9 @@ class InferenceBackend(Protocol):
     """What every backend provides. All methods are coroutines (or async iterators)."""
 
     async def load_model(
-        self, path: Path, config: BackendConfig | None = None,
+        self,
+        path: Path,
+        config: BackendConfig | None = None,
         accelerator: Accelerator | type | None = None,
     ) -> ModelHandle: ...
 

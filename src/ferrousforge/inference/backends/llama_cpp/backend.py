@@ -59,15 +59,18 @@ class LoadedModel:
     def close(self) -> None:
         if not self.engine.shutdown():
             # Freeing the context under a running decode would crash; leak it instead.
-            log.error("engine thread of %s did not stop; its context is not freed", self.handle.path)
+            log.error(
+                "engine thread of %s did not stop; its context is not freed", self.handle.path
+            )
             return
         self.context.close()
         self.model.close()
 
 
 def _limits(o: InferenceOptions) -> SamplingLimits:
-    return SamplingLimits(o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs,
-                          list(o.stop))
+    return SamplingLimits(
+        o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
+    )
 
 
 class LlamaCppBackend:
@@ -80,8 +83,12 @@ class LlamaCppBackend:
 
     # ---- loading ---------------------------------------------------------------
 
-    async def load_model(self, path: Path | str, config: BackendConfig | None = None,
-                         accelerator: Accelerator | type | None = None) -> ModelHandle:
+    async def load_model(
+        self,
+        path: Path | str,
+        config: BackendConfig | None = None,
+        accelerator: Accelerator | type | None = None,
+    ) -> ModelHandle:
         """Validate and load a GGUF model and start its engine thread."""
         config = config or BackendConfig()
         acc = normalize_accelerator(accelerator)
@@ -98,13 +105,23 @@ class LlamaCppBackend:
         except BaseException:
             model.close()
             raise
-        engine = Engine(LlamaRunner(context), model.vocab.piece, max_waiting=config.max_waiting,
-                        prefix_cache=config.prefix_cache, name=path.stem)
+        engine = Engine(
+            LlamaRunner(context),
+            model.vocab.piece,
+            max_waiting=config.max_waiting,
+            prefix_cache=config.prefix_cache,
+            name=path.stem,
+        )
         handle = ModelHandle(next(_handle_ids), path, self.name)
         loaded = LoadedModel(handle, gguf, config, model, context, engine)
         self._models[handle.id] = loaded
-        log.info("loaded %s: %s, n_ctx=%d, %d parallel sequences", path.name, model.description,
-                 context.n_ctx, context.n_seq_max)
+        log.info(
+            "loaded %s: %s, n_ctx=%d, %d parallel sequences",
+            path.name,
+            model.description,
+            context.n_ctx,
+            context.n_seq_max,
+        )
         return loaded
 
     async def unload_model(self, handle: ModelHandle) -> None:
@@ -125,10 +142,13 @@ class LlamaCppBackend:
     def render_chat(self, handle: ModelHandle, chat: BackendInput.Chat) -> str:
         lm = self.loaded(handle)
         vocab = lm.vocab
-        return render_chat(chat.chat_template or lm.model.chat_template, chat.messages,
-                           bos_token=vocab.token_text(vocab.bos) if vocab.bos >= 0 else "",
-                           eos_token=vocab.token_text(vocab.eos) if vocab.eos >= 0 else "",
-                           add_generation_prompt=chat.add_generation_prompt)
+        return render_chat(
+            chat.chat_template or lm.model.chat_template,
+            chat.messages,
+            bos_token=vocab.token_text(vocab.bos) if vocab.bos >= 0 else "",
+            eos_token=vocab.token_text(vocab.eos) if vocab.eos >= 0 else "",
+            add_generation_prompt=chat.add_generation_prompt,
+        )
 
     def tokenize(self, handle: ModelHandle, text: str, add_special: bool = True) -> list[int]:
         vocab = self.loaded(handle).vocab
@@ -148,12 +168,15 @@ class LlamaCppBackend:
             return self.tokenize(handle, self.render_chat(handle, input))
         if isinstance(input, BackendInput.Text):
             return self.tokenize(handle, input.text)
-        raise TypeError(f"input: expected BackendInput.Text, Tokens or Chat, got {type(input).__name__}")
+        raise TypeError(
+            f"input: expected BackendInput.Text, Tokens or Chat, got {type(input).__name__}"
+        )
 
     # ---- generation ----------------------------------------------------------------
 
-    def submit(self, handle: ModelHandle, prompt_ids: list[int], options: InferenceOptions,
-               n: int = 1) -> list[RequestStream]:
+    def submit(
+        self, handle: ModelHandle, prompt_ids: list[int], options: InferenceOptions, n: int = 1
+    ) -> list[RequestStream]:
         """Queue ``n`` completions of one prompt; siblings share the prompt's KV.
 
         Raises ContextOverflowError, EngineOverloadedError or ValueError at once.
@@ -166,11 +189,16 @@ class LlamaCppBackend:
                 opts = options
                 if n > 1 and options.seed is not None:
                     opts = options.replace(seed=options.seed + i)  # siblings must differ
-                sampler = SamplerChain(lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts, lm.n_ctx)
+                sampler = SamplerChain(
+                    lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts, lm.n_ctx
+                )
                 try:
                     leader = streams[0].seq if streams else None
-                    streams.append(lm.engine.add_request(prompt_ids, _limits(opts), sampler,
-                                                         share_prefix_with=leader))
+                    streams.append(
+                        lm.engine.add_request(
+                            prompt_ids, _limits(opts), sampler, share_prefix_with=leader
+                        )
+                    )
                 except BaseException:
                     sampler.close()
                     raise
@@ -180,9 +208,9 @@ class LlamaCppBackend:
             raise
         return streams
 
-    async def infer_stream(self, handle: ModelHandle, input: Input,
-                           options: InferenceOptions | None = None
-                           ) -> AsyncIterator[BackendOutput.Chunk]:
+    async def infer_stream(
+        self, handle: ModelHandle, input: Input, options: InferenceOptions | None = None
+    ) -> AsyncIterator[BackendOutput.Chunk]:
         """Stream text deltas; the last chunk carries finish_reason, usage and timings.
 
         Breaking out of the loop or cancelling the task frees the slot within one step.
@@ -197,16 +225,18 @@ class LlamaCppBackend:
         finally:
             stream.abort()
 
-    async def infer(self, handle: ModelHandle, input: Input,
-                    options: InferenceOptions | None = None) -> BackendOutput.Text:
+    async def infer(
+        self, handle: ModelHandle, input: Input, options: InferenceOptions | None = None
+    ) -> BackendOutput.Text:
         """Generate a whole completion."""
         options = options or InferenceOptions()
         ids = self.prompt_ids(handle, input)
         (stream,) = self.submit(handle, ids, options)
         return await collect(stream, self.loaded(handle).vocab, ids, options)
 
-    async def infer_batch(self, handle: ModelHandle, inputs: Sequence[Input],
-                          options: InferenceOptions | None = None) -> list[BackendOutput.Text]:
+    async def infer_batch(
+        self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions | None = None
+    ) -> list[BackendOutput.Text]:
         """Generate for every input together: each engine step decodes all of them at once."""
         options = options or InferenceOptions()
         prompts = [self.prompt_ids(handle, i) for i in inputs]
@@ -215,8 +245,14 @@ class LlamaCppBackend:
             for ids in prompts:
                 streams.extend(self.submit(handle, ids, options))
             vocab = self.loaded(handle).vocab
-            return list(await asyncio.gather(*(collect(s, vocab, ids, options)
-                                               for s, ids in zip(streams, prompts, strict=True))))
+            return list(
+                await asyncio.gather(
+                    *(
+                        collect(s, vocab, ids, options)
+                        for s, ids in zip(streams, prompts, strict=True)
+                    )
+                )
+            )
         finally:
             for s in streams:
                 s.abort()
@@ -225,13 +261,21 @@ class LlamaCppBackend:
 def _token_logprobs(entries: list[LogprobEntry] | None, vocab) -> list[TokenLogprob] | None:
     if entries is None:
         return None
-    return [TokenLogprob(e.token, vocab.token_text(e.token), e.logprob,
-                         [(t, vocab.token_text(t), lp) for t, lp in e.top]) for e in entries]
+    return [
+        TokenLogprob(
+            e.token,
+            vocab.token_text(e.token),
+            e.logprob,
+            [(t, vocab.token_text(t), lp) for t, lp in e.top],
+        )
+        for e in entries
+    ]
 
 
 def to_chunk(out: RequestOutput, vocab, prompt_ids: list[int] | None = None) -> BackendOutput.Chunk:
-    chunk = BackendOutput.Chunk(out.text, out.token_ids, out.finish_reason,
-                                logprobs=_token_logprobs(out.logprobs, vocab))
+    chunk = BackendOutput.Chunk(
+        out.text, out.token_ids, out.finish_reason, logprobs=_token_logprobs(out.logprobs, vocab)
+    )
     if out.prompt_logprobs is not None:
         chunk.prompt_logprobs = _token_logprobs(out.prompt_logprobs, vocab)  # type: ignore[assignment]
     if out.finish_reason is not None:
@@ -245,8 +289,9 @@ def _timings(out: RequestOutput) -> Timings:
     return Timings(out.ttft_s * 1000, out.generation_s * 1000, tps)
 
 
-async def collect(stream: RequestStream, vocab, prompt_ids: list[int],
-                  options: InferenceOptions) -> BackendOutput.Text:
+async def collect(
+    stream: RequestStream, vocab, prompt_ids: list[int], options: InferenceOptions
+) -> BackendOutput.Text:
     """Drain a stream into one BackendOutput.Text."""
     text, ids, logprobs, prompt_lps = [], [], [], []
     last: RequestOutput | None = None
@@ -263,8 +308,12 @@ async def collect(stream: RequestStream, vocab, prompt_ids: list[int],
         stream.abort()
     assert last is not None and last.finish_reason is not None
     result = BackendOutput.Text(
-        "".join(text), ids, last.finish_reason,  # type: ignore[arg-type]
-        Usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens), _timings(last))
+        "".join(text),
+        ids,
+        last.finish_reason,  # type: ignore[arg-type]
+        Usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+        _timings(last),
+    )
     if options.logprobs is not None:
         result.logprobs = _token_logprobs(logprobs, vocab)
     if options.echo_logprobs:

@@ -23,7 +23,9 @@ class TokenBatch:
         self.logits = np.zeros(capacity, dtype=np.int8)
         int_p = ctypes.POINTER(ctypes.c_int32)
         base = self.seq_ids.ctypes.data
-        self._seq_ptrs = (int_p * capacity)(*(ctypes.cast(base + 4 * i, int_p) for i in range(capacity)))
+        self._seq_ptrs = (int_p * capacity)(
+            *(ctypes.cast(base + 4 * i, int_p) for i in range(capacity))
+        )
         self.struct = lib.llama_batch()
         self.struct.token = self.token.ctypes.data_as(int_p)
         self.struct.embd = ctypes.POINTER(ctypes.c_float)()

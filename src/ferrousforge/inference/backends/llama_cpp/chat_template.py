@@ -19,11 +19,14 @@ def _raise(message: str) -> None:
 
 @lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    env.filters["tojson"] = lambda v, indent=None, **_: json.dumps(v, ensure_ascii=False, indent=indent)
+    env.filters["tojson"] = lambda v, indent=None, **_: json.dumps(
+        v, ensure_ascii=False, indent=indent
+    )
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
@@ -38,18 +41,30 @@ def validate_messages(messages: list[dict[str, Any]]) -> None:
             raise ValueError(f"messages[{i}]: must be an object with a string 'role'")
 
 
-def render_chat(template: str | None, messages: list[dict[str, Any]], *, bos_token: str,
-                eos_token: str, add_generation_prompt: bool = True, **extra: Any) -> str:
+def render_chat(
+    template: str | None,
+    messages: list[dict[str, Any]],
+    *,
+    bos_token: str,
+    eos_token: str,
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> str:
     """Render messages with ``template``; ChatTemplateError if there is none or it fails."""
     if not template:
         raise ChatTemplateError(
             "the model has no chat template in its GGUF metadata and none was given; "
-            "pass chat_template=... or use a plain text prompt")
+            "pass chat_template=... or use a plain text prompt"
+        )
     validate_messages(messages)
     try:
         return _compile(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token, eos_token=eos_token, **extra)
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **extra,
+        )
     except ChatTemplateError:
         raise
     except jinja2.TemplateError as e:

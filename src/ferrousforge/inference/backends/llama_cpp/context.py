@@ -12,8 +12,17 @@ from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, l
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
-_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-             "iq4_nl": 20, "bf16": 30}
+_KV_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
 DEFAULT_SEQ_CONTEXT = 2048
 
 
@@ -57,8 +66,10 @@ class LlamaContext:
         if not ptr:
             lines = log_lines_since(mark)
             detail = ("\nllama.cpp said:\n  " + "\n  ".join(lines)) if lines else ""
-            raise ModelLoadError(f"{model.path}: llama.cpp could not create a context "
-                                 f"(n_ctx={p.n_ctx}, n_seq_max={p.n_seq_max}){detail}")
+            raise ModelLoadError(
+                f"{model.path}: llama.cpp could not create a context "
+                f"(n_ctx={p.n_ctx}, n_seq_max={p.n_seq_max}){detail}"
+            )
         self._ptr = ptr
         self.n_ctx = lib.llama_n_ctx(ptr)
         self.n_ctx_seq = lib.llama_n_ctx_seq(ptr)  # what one sequence can hold

@@ -51,7 +51,8 @@ def _resolve_dynamic(requested: str) -> Path:
         if path.name not in _LIB_NAMES:
             raise LibraryNotFoundError(
                 f"{path}: the library file must be named one of {', '.join(_LIB_NAMES)} "
-                "(llama.cpp's own name); point FERROUSFORGE_LLAMA_LIB at it or its directory")
+                "(llama.cpp's own name); point FERROUSFORGE_LLAMA_LIB at it or its directory"
+            )
         return path.parent
     if path.is_dir():
         if any((path / n).exists() for n in _LIB_NAMES):
@@ -63,7 +64,8 @@ def _resolve_dynamic(requested: str) -> Path:
         f"libllama not found at {path} (looked for {', '.join(_LIB_NAMES)} in it and in its "
         "lib/, bin/, build/bin/ subdirectories). Build llama.cpp with -DBUILD_SHARED_LIBS=ON "
         f"and set {ENV_VAR} to the directory holding libllama, or unset it to use the bundled "
-        "library.")
+        "library."
+    )
 
 
 def _library_file(directory: Path) -> Path:
@@ -83,22 +85,26 @@ def _import_bindings(lib_dir: Path | None) -> ModuleType:
     except ModuleNotFoundError as e:
         raise LibraryNotFoundError(
             "the llama-cpp-python bindings are not installed; run `make install` "
-            f"(or `pip install llama-cpp-python==0.3.36`) ({e})") from e
+            f"(or `pip install llama-cpp-python==0.3.36`) ({e})"
+        ) from e
     except AttributeError as e:
         raise LibraryMismatchError(
             f"the library at {lib_dir or _bundled_dir()} lacks a symbol the bindings need ({e}): "
             "its llama.cpp version does not match llama-cpp-python 0.3.36. Build libllama from "
-            "the llama.cpp source vendored in that sdist.") from e
+            "the llama.cpp source vendored in that sdist."
+        ) from e
     except (OSError, RuntimeError, FileNotFoundError) as e:
         where = lib_dir or _bundled_dir()
         raise LibraryNotFoundError(
             f"could not load libllama from {where}: {e}. Run `make install` to build the "
             f"bundled library, or set {ENV_VAR} to a directory with your own libllama; "
-            "`ferrousforge doctor` explains more.") from e
+            "`ferrousforge doctor` explains more."
+        ) from e
     finally:
         # A failed import leaves half-initialised modules behind; drop them so a retry works.
         if "llama_cpp.llama_cpp" not in sys.modules or not hasattr(
-                sys.modules.get("llama_cpp.llama_cpp"), "llama_decode"):
+            sys.modules.get("llama_cpp.llama_cpp"), "llama_decode"
+        ):
             for name in [m for m in sys.modules if m == "llama_cpp" or m.startswith("llama_cpp.")]:
                 sys.modules.pop(name, None)
 
@@ -122,14 +128,16 @@ def load_library(library_path: str | None = None) -> ModuleType:
             if lib_dir is not None and lib_dir.resolve() != info.path.parent.resolve():
                 raise LibraryMismatchError(
                     f"this process already uses libllama from {info.path}; "
-                    f"cannot switch to {lib_dir} (one library per process)")
+                    f"cannot switch to {lib_dir} (one library per process)"
+                )
             return _state["module"]  # type: ignore[return-value]
         if lib_dir is None:
             bundled = _bundled_dir()
             if bundled is None:
                 raise LibraryNotFoundError(
                     "llama-cpp-python is not installed, so there is no bundled libllama; "
-                    f"run `make install`, or set {ENV_VAR} to your own libllama")
+                    f"run `make install`, or set {ENV_VAR} to your own libllama"
+                )
         module = _import_bindings(lib_dir)
         mode = "dynamic" if lib_dir else "bundled"
         path = _library_file(lib_dir or _bundled_dir())  # type: ignore[arg-type]
@@ -152,7 +160,9 @@ def _check_struct_sizes(module: ModuleType) -> None:
         module.llama_model_default_params()
         module.llama_context_default_params()
     except Exception as e:  # pragma: no cover - depends on a broken library
-        raise LibraryMismatchError(f"libllama and the bindings disagree on struct layout: {e}") from e
+        raise LibraryMismatchError(
+            f"libllama and the bindings disagree on struct layout: {e}"
+        ) from e
 
 
 # llama.cpp log capture: forwarded to logging, and the recent lines are kept

@@ -28,8 +28,9 @@ def normalize_accelerator(acc: Accelerator | type | None) -> Accelerator:
 class LlamaModel:
     """Loads a GGUF model; frees it exactly once (``close`` or garbage collection)."""
 
-    def __init__(self, lib: ModuleType, path: Path, config: BackendConfig,
-                 accelerator: Accelerator) -> None:
+    def __init__(
+        self, lib: ModuleType, path: Path, config: BackendConfig, accelerator: Accelerator
+    ) -> None:
         self._lib = lib
         self.path = path
         self.accelerator = accelerator
@@ -49,7 +50,8 @@ class LlamaModel:
         self.description = self._desc()
         self.chat_template = self.meta("tokenizer.chat_template")
         self.is_recurrent = bool(lib.llama_model_is_recurrent(ptr)) or bool(
-            lib.llama_model_is_hybrid(ptr))
+            lib.llama_model_is_hybrid(ptr)
+        )
 
     def _model_params(self, config: BackendConfig, acc: Accelerator):
         lib = self._lib
@@ -59,8 +61,11 @@ class LlamaModel:
             raise AcceleratorUnavailableError(
                 f"{type(acc).__name__} was requested but the loaded libllama has no GPU "
                 "support. Rebuild llama-cpp-python with e.g. CMAKE_ARGS='-DGGML_CUDA=on' "
-                "(see README), or point FERROUSFORGE_LLAMA_LIB at a GPU build.")
-        params.n_gpu_layers = (config.n_gpu_layers if config.n_gpu_layers >= 0 else 999) if gpu else 0
+                "(see README), or point FERROUSFORGE_LLAMA_LIB at a GPU build."
+            )
+        params.n_gpu_layers = (
+            (config.n_gpu_layers if config.n_gpu_layers >= 0 else 999) if gpu else 0
+        )
         params.main_gpu = getattr(acc, "device_id", config.main_gpu) if gpu else 0
         params.split_mode = _SPLIT_MODES[config.split_mode]
         if config.tensor_split:

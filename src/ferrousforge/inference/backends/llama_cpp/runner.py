@@ -60,7 +60,9 @@ class LlamaRunner:
             raise KVCacheFull()
         if rc != 0:
             raise DecodeError(f"llama_decode failed with code {rc}")
-        return [self._results(ch.seq, ch, start) for ch, start in zip(plan.chunks, starts, strict=True)]
+        return [
+            self._results(ch.seq, ch, start) for ch, start in zip(plan.chunks, starts, strict=True)
+        ]
 
     def _results(self, seq: Sequence, ch, start: int) -> ChunkResult:
         res = ChunkResult()

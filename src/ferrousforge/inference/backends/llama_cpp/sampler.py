@@ -20,8 +20,9 @@ class SamplerChain:
     so every other stage sees only tokens the grammar allows.
     """
 
-    def __init__(self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions,
-                 n_ctx: int = 4096) -> None:
+    def __init__(
+        self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions, n_ctx: int = 4096
+    ) -> None:
         self._lib = lib
         self._ptr = None
         self._lock = threading.Lock()
@@ -53,35 +54,53 @@ class SamplerChain:
             g = lib.llama_sampler_init_grammar(vocab_ptr, o.grammar.encode(), b"root")
             if not g:
                 why = "; ".join(log_lines_since(mark, 5))
-                raise ValueError(f"grammar: could not parse the GBNF grammar ({why or 'syntax error'})")
+                raise ValueError(
+                    f"grammar: could not parse the GBNF grammar ({why or 'syntax error'})"
+                )
             self._add(g)
         if o.logit_bias:
             bad = [t for t in o.logit_bias if not 0 <= int(t) < n_vocab]
             if bad:
                 raise ValueError(f"logit_bias: token id {bad[0]} is outside the vocabulary")
             arr = (lib.llama_logit_bias * len(o.logit_bias))(
-                *(lib.llama_logit_bias(int(t), float(b)) for t, b in o.logit_bias.items()))
+                *(lib.llama_logit_bias(int(t), float(b)) for t, b in o.logit_bias.items())
+            )
             self._keep.append(arr)
             self._add(lib.llama_sampler_init_logit_bias(n_vocab, len(o.logit_bias), arr))
         if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
-            self._add(lib.llama_sampler_init_penalties(
-                n_vocab, last_n(o.repeat_last_n), o.repeat_penalty, o.frequency_penalty,
-                o.presence_penalty))
+            self._add(
+                lib.llama_sampler_init_penalties(
+                    n_vocab,
+                    last_n(o.repeat_last_n),
+                    o.repeat_penalty,
+                    o.frequency_penalty,
+                    o.presence_penalty,
+                )
+            )
         if o.dry_multiplier > 0:
             breakers = [s.encode() for s in o.dry_sequence_breakers]
             arr = (ctypes.c_char_p * len(breakers))(*breakers)
             self._keep.append(arr)
-            self._add(lib.llama_sampler_init_dry(
-                vocab_ptr, o.dry_multiplier, o.dry_base, o.dry_allowed_length,
-                last_n(o.dry_penalty_last_n), arr, len(breakers)))
+            self._add(
+                lib.llama_sampler_init_dry(
+                    vocab_ptr,
+                    o.dry_multiplier,
+                    o.dry_base,
+                    o.dry_allowed_length,
+                    last_n(o.dry_penalty_last_n),
+                    arr,
+                    len(breakers),
+                )
+            )
         if o.greedy:
             self._add(lib.llama_sampler_init_greedy())
             return
         seed = o.seed if o.seed is not None else random.getrandbits(32)
         if o.mirostat == 1:
             self._add(lib.llama_sampler_init_temp(o.temperature))
-            self._add(lib.llama_sampler_init_mirostat(n_vocab, seed, o.mirostat_tau,
-                                                      o.mirostat_eta, 100))
+            self._add(
+                lib.llama_sampler_init_mirostat(n_vocab, seed, o.mirostat_tau, o.mirostat_eta, 100)
+            )
             return
         if o.mirostat == 2:
             self._add(lib.llama_sampler_init_temp(o.temperature))

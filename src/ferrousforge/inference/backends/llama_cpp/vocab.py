@@ -23,16 +23,21 @@ class Vocab:
     def ptr(self) -> ctypes.c_void_p:
         return self._ptr
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         arr = (ctypes.c_int32 * cap)()
-        n = self._lib.llama_tokenize(self._ptr, data, len(data), arr, cap, add_special, parse_special)
+        n = self._lib.llama_tokenize(
+            self._ptr, data, len(data), arr, cap, add_special, parse_special
+        )
         if n < 0:
             cap = -n
             arr = (ctypes.c_int32 * cap)()
-            n = self._lib.llama_tokenize(self._ptr, data, len(data), arr, cap, add_special,
-                                         parse_special)
+            n = self._lib.llama_tokenize(
+                self._ptr, data, len(data), arr, cap, add_special, parse_special
+            )
         return list(arr[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:
@@ -61,4 +66,6 @@ class Vocab:
     def check_ids(self, tokens: list[int], name: str = "tokens") -> None:
         bad = next((t for t in tokens if not 0 <= t < self.n_tokens), None)
         if bad is not None:
-            raise ValueError(f"{name}: token id {bad} is outside the vocabulary (0..{self.n_tokens - 1})")
+            raise ValueError(
+                f"{name}: token id {bad} is outside the vocabulary (0..{self.n_tokens - 1})"
+            )
