@@ -25,6 +25,10 @@ class LoadProgress:
     def __call__(self, fraction: float) -> None:
         fraction = min(max(fraction, 0.0), 1.0)
         if self.tty:
+            percent = int(fraction * 100)
+            if percent == self._last_logged:
+                return  # llama.cpp reports per tensor: redraw only when the figure changes
+            self._last_logged = percent
             done = int(fraction * self.width)
             bar = "#" * done + "-" * (self.width - done)
             end = "\n" if fraction >= 1.0 else ""
