@@ -349,3 +349,11 @@ async def test_load_unload_cycles_do_not_leak(model_path):
     grown = _rss_mb() - baseline
     assert grown < 40, f"RSS grew by {grown:.0f} MB over 20 load/unload cycles"
     await asyncio.sleep(0)
+
+
+async def test_max_tokens_zero_returns_only_prompt_logprobs(backend, handle):
+    out = await backend.infer(handle, BackendInput.Text("The capital of France is"),
+                              InferenceOptions(max_tokens=0, logprobs=1, echo_logprobs=True))
+    assert out.finish_reason == "length" and out.token_ids == [] and out.text == ""
+    assert len(out.prompt_logprobs) == out.usage.prompt_tokens
+    assert all(lp.logprob <= 0 for lp in out.prompt_logprobs[1:])

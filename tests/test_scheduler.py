@@ -218,3 +218,13 @@ def test_n_siblings_wait_for_the_leader_prefill_then_share_it():
     assert all(s.n_cached_prompt == 19 for s in siblings)
     recomputed = sum(len(c.tokens) for p in runner.plans for c in p.chunks if c.seq in siblings)
     assert recomputed == 2 * (1 + 1)  # per sibling: the last prompt token, then 1 decode
+
+
+def test_max_tokens_zero_finishes_after_prefill_without_sampling():
+    runner = ScriptedRunner(n_slots=1, n_batch=8)
+    sched = Scheduler(runner)
+    seq = make_seq(12, max_tokens=0)
+    sched.add(seq)
+    run_until_done(sched, runner)
+    assert seq.status == SequenceStatus.FINISHED_LENGTH and seq.output_ids == []
+    assert not any(c.sample for p in runner.plans for c in p.chunks)

@@ -95,9 +95,7 @@ async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Res
     if req.stream:
         return sse_response(_events(req, job, cid, created), on_close=job.abort)
     try:
-        choices = await unless_disconnected(
-            request, lambda: collect(job.streams, job.plan.zero_tokens)
-        )
+        choices = await unless_disconnected(request, lambda: collect(job.streams))
     except ClientDisconnected:
         return Response(status_code=499)
     body_choices, completion = [], 0
@@ -154,7 +152,7 @@ async def _events(
             }
         )
     completion, cached = 0, 0
-    async for i, out in merge(job.streams, job.plan.zero_tokens):
+    async for i, out in merge(job.streams):
         lps = chat_logprobs(job.lm.vocab, out.logprobs) if req.logprobs and out.logprobs else None
         if out.text or lps:
             yield event(

@@ -132,9 +132,7 @@ async def respond(req: CompletionRequest, job: Job, request: Request) -> Respons
     if req.stream:
         return sse_response(_events(req, job, cid, created), on_close=job.abort)
     try:
-        choices = await unless_disconnected(
-            request, lambda: collect(job.streams, job.plan.zero_tokens)
-        )
+        choices = await unless_disconnected(request, lambda: collect(job.streams))
     except ClientDisconnected:
         return Response(status_code=499)
     body_choices, completion, cached = [], 0, 0
@@ -187,7 +185,7 @@ async def _events(req: CompletionRequest, job: Job, cid: str, created: int) -> A
     # Prompt log-probabilities may come over several prefill chunks: echo them all at once.
     prompt_lps: list[list] = [[] for _ in job.streams]
     completion, cached = 0, 0
-    async for i, out in merge(job.streams, job.plan.zero_tokens):
+    async for i, out in merge(job.streams):
         p = job.prompt_of(i)
         text, prompt_ids = out.text, None
         if not echoed[i]:

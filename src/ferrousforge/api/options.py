@@ -37,10 +37,9 @@ _SAME_NAME = (
 
 @dataclass(slots=True)
 class GenerationPlan:
-    """The options to submit, and whether the client asked for no tokens at all."""
+    """The options to submit."""
 
     options: InferenceOptions
-    zero_tokens: bool  # max_tokens=0: the engine still samples one; the API drops it
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
@@ -55,7 +54,7 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
 
 def seq_context(lm) -> int:
     """Tokens one request may hold (prompt plus output): the engine's per-sequence limit."""
-    return lm.engine.scheduler.n_ctx
+    return lm.n_ctx_seq
 
 
 def max_tokens_for(
@@ -89,13 +88,12 @@ def plan_generation(
         if req.grammar is not None:
             raise ValueError("grammar: cannot be combined with response_format")
         kwargs["grammar"] = grammar
-    zero = max_tokens == 0
-    if zero:
+    if max_tokens == 0:  # prompt only (e.g. echo with logprobs): nothing is sampled
         kwargs["min_tokens"] = 0
     options = InferenceOptions(
-        max_tokens=1 if zero else max_tokens,
+        max_tokens=max_tokens,
         logprobs=logprobs,
         echo_logprobs=echo_logprobs,
         **kwargs,
     )
-    return GenerationPlan(options, zero)
+    return GenerationPlan(options)

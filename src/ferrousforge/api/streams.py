@@ -22,22 +22,14 @@ class ClientDisconnected(Exception):
     """The client went away before the response was ready."""
 
 
-def drop_generated(out: RequestOutput) -> RequestOutput:
-    """For max_tokens=0: keep prompt log-probabilities and usage, drop the sampled token."""
-    out.text, out.token_ids, out.logprobs = "", [], None
-    if out.finish_reason is not None:
-        out.finish_reason, out.completion_tokens = "length", 0
-    return out
-
-
 async def merge(
-    streams: list[RequestStream], zero_tokens: bool = False
+    streams: list[RequestStream],
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(choice index, output) from all streams as they arrive; aborts every stream on exit."""
     if len(streams) == 1:  # the common case needs no fan-in task per token
         try:
             async for out in streams[0]:
-                yield 0, drop_generated(out) if zero_tokens else out
+                yield 0, out
         finally:
             streams[0].abort()
         return
@@ -64,7 +56,7 @@ async def merge(
             if out is None:
                 left -= 1
                 continue
-            yield i, drop_generated(out) if zero_tokens else out
+            yield i, out
     finally:
         for t in tasks:
             t.cancel()
@@ -91,10 +83,10 @@ class Choice:
             self.final = out
 
 
-async def collect(streams: list[RequestStream], zero_tokens: bool = False) -> list[Choice]:
+async def collect(streams: list[RequestStream]) -> list[Choice]:
     """Drain every stream; one Choice per stream, in order."""
     choices = [Choice() for _ in streams]
-    async for i, out in merge(streams, zero_tokens):
+    async for i, out in merge(streams):
         choices[i].add(out)
     return choices
 

@@ -274,6 +274,8 @@ class Engine:
         st = self.stats
         with st.lock:
             self._unfinished -= 1
+            st.running = len(self.scheduler.running)
+            st.waiting = len(self.scheduler.waiting)
             if seq.status == SequenceStatus.FINISHED_ABORTED:
                 st.requests_aborted += 1
             else:

@@ -160,7 +160,7 @@ class Scheduler:
         start = seq.n_computed
         ids = seq.all_ids
         tokens = ids[start : start + k]
-        sample = start + k == len(ids)
+        sample = start + k == len(ids) and seq.limits.max_tokens != 0
         all_logits = seq.limits.echo_logprobs and start < len(seq.prompt_ids)
         plan.chunks.append(ScheduledChunk(seq, tokens, start, sample, all_logits))
 
@@ -169,7 +169,8 @@ class Scheduler:
     ) -> list[tuple[Sequence, ChunkResult]]:
         """Advance sequences past the decoded chunks; apply token-level stop rules.
 
-        Returns the sequences that sampled a token this step (finished or not).
+        Returns the sequences with something to report: a sampled token, prompt
+        log-probabilities, or a finish.
         """
         sampled = []
         eog = self.runner.eog_ids
@@ -177,6 +178,11 @@ class Scheduler:
         for chunk, res in zip(plan.chunks, results, strict=True):
             seq = chunk.seq
             seq.n_computed += len(chunk.tokens)
+            if seq.limits.max_tokens == 0 and seq.n_computed >= len(seq.prompt_ids):
+                # Prompt-only request (e.g. echo with prompt logprobs): done after prefill.
+                self.finish(seq, SequenceStatus.FINISHED_LENGTH)
+                sampled.append((seq, res))
+                continue
             if not chunk.sample or res.token is None or seq.is_finished:
                 if res.prompt_logprobs is not None:
                     sampled.append((seq, res))

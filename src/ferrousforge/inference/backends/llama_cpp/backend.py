@@ -54,7 +54,13 @@ class LoadedModel:
 
     @property
     def n_ctx(self) -> int:
+        """Total KV cells of the context (all sequences)."""
         return self.context.n_ctx
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """What one request can hold: prompt plus max_tokens."""
+        return self.context.n_ctx_seq
 
     def close(self) -> None:
         if not self.engine.shutdown():
