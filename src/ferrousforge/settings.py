@@ -61,7 +61,7 @@ class ServerSettings(BaseSettings):
         description="API key clients must send as 'Authorization: Bearer KEY' (repeatable; "
         "env: comma-separated)",
     )
-    parallel: int = Field(4, ge=1, le=256, description="sequences decoded together per model")
+    parallel: int = Field(8, ge=1, le=256, description="sequences decoded together per model")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     ctx_size: int = Field(
         0,
