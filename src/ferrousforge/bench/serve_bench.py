@@ -254,9 +254,9 @@ async def warm_up(client: httpx.AsyncClient, url: str, body: dict, ready_s: floa
 
 async def bench_server(cfg: ServeBenchConfig, entry: str, index_base: int) -> ServerResult:
     name, url = split_url(entry)
-    limits = httpx.Limits(
-        max_connections=max(cfg.concurrency) + 4, max_keepalive_connections=max(cfg.concurrency)
-    )
+    # A fresh connection per request: llama-server (cpp-httplib) closes a keep-alive
+    # connection after 5 requests, and a POST on a connection it just closed fails.
+    limits = httpx.Limits(max_connections=max(cfg.concurrency) + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=cfg.timeout_s) as client:
         model = cfg.model or await discover_model(client, url)
         result = ServerResult(name, url, model)
