@@ -43,17 +43,20 @@ class StepBreakdown:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.times = StepTimes()
+        self.times = StepTimes()  # every step that decoded something
+        self.gen_times = StepTimes()  # steps of one token per sequence: comparable to raw
         self._saved_sample = None
         self._in_step = False
 
     def __enter__(self) -> StepBreakdown:
-        t = self.times
+        t, g = self.times, self.gen_times
+        n_slots = self.engine.runner.n_slots
         engine, ctx = self.engine, self.engine.runner.ctx  # type: ignore[attr-defined]
         step, decode = engine.step, ctx.decode
         sample = self._saved_sample = SamplerChain.sample
 
         cur = StepTimes()  # the step in progress; added to the totals when it ends
+        gen_only = [False]
 
         def timed_step() -> None:
             self._in_step = True
@@ -63,15 +66,17 @@ class StepBreakdown:
             finally:
                 if cur.decode_s:  # idle steps (nothing scheduled) are not steps
                     dt = time.perf_counter() - t0
-                    t.steps += 1
-                    t.step_s += dt
-                    t.python_each_s.append(dt - cur.decode_s - cur.sample_s)
-                    t.decode_s += cur.decode_s
-                    t.sample_s += cur.sample_s
+                    for acc in (t, g) if gen_only[0] else (t,):
+                        acc.steps += 1
+                        acc.step_s += dt
+                        acc.python_each_s.append(dt - cur.decode_s - cur.sample_s)
+                        acc.decode_s += cur.decode_s
+                        acc.sample_s += cur.sample_s
                 cur.decode_s = cur.sample_s = 0.0
                 self._in_step = False
 
         def timed_decode(batch) -> int:
+            gen_only[0] = batch.n_tokens <= n_slots  # no prompt chunk in this step
             t0 = time.perf_counter()
             try:
                 return decode(batch)
