@@ -35,6 +35,9 @@ if [[ "$installed" != "$version" || "$(cat "$stamp" 2>/dev/null)" != "$key" ]]; 
   "$py" -m pip install --no-deps --force-reinstall --quiet "$wheels"/llama_cpp_python-*.whl
   echo "$key" > "$stamp"
 fi
+# The bindings' own Python dependencies (typing-extensions, numpy, ...): the
+# --no-deps reinstall above skips them, and the load check below needs them.
+"$py" -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
 # Prove the library runs on this CPU (a SIGILL kills only the child).
 if ! "$py" "$here/scripts/check_decode.py"; then
   echo "the cached libllama cannot run here; rebuilding it once" >&2
