@@ -352,8 +352,11 @@ async def test_load_unload_cycles_do_not_leak(model_path):
 
 
 async def test_max_tokens_zero_returns_only_prompt_logprobs(backend, handle):
-    out = await backend.infer(handle, BackendInput.Text("The capital of France is"),
-                              InferenceOptions(max_tokens=0, logprobs=1, echo_logprobs=True))
+    out = await backend.infer(
+        handle,
+        BackendInput.Text("The capital of France is"),
+        InferenceOptions(max_tokens=0, logprobs=1, echo_logprobs=True),
+    )
     assert out.finish_reason == "length" and out.token_ids == [] and out.text == ""
     assert len(out.prompt_logprobs) == out.usage.prompt_tokens
     assert all(lp.logprob <= 0 for lp in out.prompt_logprobs[1:])

@@ -110,7 +110,7 @@ async def test_overload_raises_at_once_when_the_queue_is_full(engine_factory):
 async def test_random_arrivals_cancellations_and_long_prompts(engine_factory, seed):
     """Never deadlocks, never leaks a slot, never mixes tokens between requests."""
     rng = random.Random(seed)
-    engine = engine_factory(n_slots=4, n_batch=24, n_ctx=512, kv_capacity=300, max_waiting=100)
+    engine = engine_factory(n_slots=4, n_batch=24, n_ctx=512, kv_capacity=200, max_waiting=100)
 
     async def one(i: int):
         await asyncio.sleep(rng.random() * 0.05)

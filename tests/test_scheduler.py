@@ -154,6 +154,31 @@ def test_a_short_shared_prefix_is_recomputed_rather_than_copied():
     assert b.n_cached_prompt == 0
 
 
+def test_new_requests_fill_the_lowest_free_slot_unless_a_long_prefix_is_cached():
+    # Busy slots stay contiguous: llama.cpp decodes separate KV streams with
+    # non-consecutive ids in separate ubatches (one more pass over the weights).
+    runner = ScriptedRunner(n_slots=4, n_batch=256)
+    sched = Scheduler(runner)
+    seqs = [make_seq(40, max_tokens=50, first=f) for f in (11, 12, 13)]
+    for s in seqs:
+        sched.add(s)
+    plan = sched.schedule()
+    sched.postprocess(plan, runner.execute(plan))
+    assert [s.slot for s in seqs] == [0, 1, 2]
+    sched.finish(seqs[1], SequenceStatus.FINISHED_ABORTED)
+    other = make_seq(40, max_tokens=2, first=14)
+    sched.add(other)
+    sched.schedule()
+    assert other.slot == 1  # not slot 3, which would split each step in two
+    sched.finish(seqs[2], SequenceStatus.FINISHED_ABORTED)
+    follow = Sequence(
+        777, seqs[2].prompt_ids + [5], SamplingLimits(max_tokens=2), sampler=ScriptedSampler()
+    )
+    sched.add(follow)
+    sched.schedule()
+    assert follow.slot == 2 and follow.n_cached_prompt == 40  # a long cached prefix wins
+
+
 def test_identical_prompt_always_recomputes_its_last_token():
     runner = ScriptedRunner(n_slots=1, n_batch=64)
     sched = Scheduler(runner)

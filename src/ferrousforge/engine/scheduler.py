@@ -26,7 +26,6 @@ class Slot:
     id: int
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # KV contents while free
-    last_used: float = 0.0
 
     def kv_tokens(self) -> list[int]:
         if self.seq is not None:
@@ -96,14 +95,16 @@ class Scheduler:
         tokens = seq.all_ids
         # At least one token must be decoded to get logits; prompt logprobs need all of them.
         max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
-        own = max(
-            free,
-            key=lambda s: (
-                min(common_prefix_len(s.cached, tokens), max_reuse),
-                -len(s.cached),
-                -s.last_used,
-            ),
-        )
+
+        def value(s: Slot) -> tuple[int, int]:
+            # A short shared prefix (a BOS, a chat header) saves less than it costs to leave
+            # a gap between busy slots: with separate KV streams llama.cpp splits a step into
+            # one ubatch per run of consecutive sequence ids. So below MIN_COPY_GAIN the
+            # lowest free slot wins, which keeps the busy ones contiguous.
+            n = min(common_prefix_len(s.cached, tokens), max_reuse)
+            return (n if n >= MIN_COPY_GAIN else 0, -s.id)
+
+        own = max(free, key=value)
         own_len = min(common_prefix_len(own.cached, tokens), max_reuse)
         src, src_len = None, own_len + MIN_COPY_GAIN - 1
         if max_reuse > src_len or seq.share_prefix_with is not None:
@@ -119,7 +120,7 @@ class Scheduler:
             self._set_reused(seq, own_len)
             return own
         # Copy another slot's KV into the least valuable free slot, then cut it to the prefix.
-        target = min(free, key=lambda s: (len(s.cached), s.last_used))
+        target = min(free, key=lambda s: s.id)
         plan.kv_ops.append(KVOp("cp", target.id, -1, -1, src=src.id))
         plan.kv_ops.append(KVOp("rm", target.id, src_len, -1))
         self._set_reused(seq, src_len)
@@ -218,7 +219,6 @@ class Scheduler:
         if seq.slot is not None:
             slot = self.slots[seq.slot]
             slot.seq = None
-            slot.last_used = time.perf_counter()
             if self.prefix_cache:
                 slot.cached = seq.all_ids[: seq.n_computed]
             else:

@@ -51,10 +51,13 @@ class LlamaRunner:
                 ctx.seq_cp(op.src, op.seq, op.p0, op.p1)
         b = self.batch
         b.clear()
-        starts = []
-        for ch in plan.chunks:
+        # With separate KV streams llama.cpp makes one ubatch (a full pass over the weights)
+        # per run of consecutive sequence ids in batch order: add the chunks by slot.
+        starts = [0] * len(plan.chunks)
+        for i in sorted(range(len(plan.chunks)), key=lambda i: plan.chunks[i].seq.slot):
+            ch = plan.chunks[i]
             mode = "all" if ch.all_logits else ("last" if ch.sample else "none")
-            starts.append(b.add(ch.tokens, ch.seq.slot, ch.pos0, mode))
+            starts[i] = b.add(ch.tokens, ch.seq.slot, ch.pos0, mode)
         rc = ctx.decode(b.as_struct())
         if rc == 1:
             raise KVCacheFull()
