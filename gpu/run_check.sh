@@ -92,13 +92,46 @@ ls -la "$LIBDIR"/lib*.so* | tee "$LOGDIR/libs.txt"
 export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ldd "$LIBDIR/libggml-cuda.so" 2>&1 | grep -E "cuda|cublas|not found" | tee -a "$LOGDIR/libs.txt"
 
-# ---- the Python check -------------------------------------------------------------------
+# ---- the C++ runtime ------------------------------------------------------------------------
+# A compiler outside the system (e.g. /opt/gcc) links against its own libstdc++, but Python
+# (and numpy before libllama) load the system's: the first vocab load then segfaulted in
+# llama.cpp's tokenizer (std::regex). Probe, and run with the compiler's libstdc++ if needed.
 export FERROUSFORGE_LLAMA_LIB="$LIBDIR"
+CXX_BIN="$(grep -oP '^CMAKE_CXX_COMPILER:\w+=\K.*' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || echo c++)"
+CXX_STDLIB="$("$CXX_BIN" -print-file-name=libstdc++.so.6 2>/dev/null || true)"
+say "C++ compiler $CXX_BIN, its libstdc++: ${CXX_STDLIB:-?}; libllama resolves: $(ldd "$LIBDIR/libllama.so" | grep -o 'libstdc++[^ ]* => [^ ]*')"
+probe() { timeout 30 "$PYTHON" -X faulthandler "$REPO/gpu/probe_load.py" "$REPO/.gpu/tiny-llama.gguf" "$1" > "$LOGDIR/probe-$1.log" 2>&1; }
+if ! probe vocab; then
+  say "vocab-only load crashed (exit $?) with the default libstdc++"
+  tail -8 "$LOGDIR/probe-vocab.log"
+  if [[ -f "$CXX_STDLIB" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$(readlink -f "$CXX_STDLIB")"):$LD_LIBRARY_PATH"
+    if probe vocab; then say "vocab-only load OK with LD_LIBRARY_PATH=$LD_LIBRARY_PATH";
+    else say "still crashes with the compiler's libstdc++"; tail -8 "$LOGDIR/probe-vocab.log"; fi
+  fi
+else
+  say "vocab-only load OK"
+fi
+
+# ---- the Python check -------------------------------------------------------------------
 say "running gpu/check_cuda.py (FERROUSFORGE_LLAMA_LIB=$LIBDIR)"
 T0=$(date +%s)
-timeout 240 "$PYTHON" "$REPO/gpu/check_cuda.py" --model "$REPO/.gpu/tiny-llama.gguf" \
+timeout 240 "$PYTHON" -X faulthandler "$REPO/gpu/check_cuda.py" --model "$REPO/.gpu/tiny-llama.gguf" \
   --out "$LOGDIR" --threads 4 2>&1 | grep -v -E "^[0-9-]+ [0-9:,]+ DEBUG "
 CHECK_RC=${PIPESTATUS[0]}
 say "check took $(( $(date +%s) - T0 ))s, exit $CHECK_RC; build ${BUILD_S}s; total $(( $(date +%s) - T_START ))s"
+if (( CHECK_RC > 128 )); then
+  # Killed by a signal: narrow it down with plain bindings, one step per process.
+  say "diagnostics: ulimit -s $(ulimit -s); gdb: $(command -v gdb || echo none)"
+  for s in vocab cpu gpu tokenize-gpu; do
+    timeout 30 "$PYTHON" -X faulthandler "$REPO/gpu/probe_load.py" "$REPO/.gpu/tiny-llama.gguf" "$s" 2>&1 | tail -12
+    say "probe $s exit ${PIPESTATUS[0]}"
+  done
+  if command -v gdb >/dev/null 2>&1; then
+    timeout 90 gdb -q -batch -ex run -ex bt -ex "info threads" --args "$PYTHON" \
+      "$REPO/gpu/check_cuda.py" --model "$REPO/.gpu/tiny-llama.gguf" --threads 4 2>&1 \
+      | grep -v -E "DEBUG|New Thread|exited" | tail -60
+  fi
+fi
 [[ $CHECK_RC -eq 0 ]] && say "RESULT: PASS" || say "RESULT: FAIL"
 exit "$CHECK_RC"
