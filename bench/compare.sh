@@ -4,7 +4,7 @@
 # ceiling for the engine bench's shapes) for reference.
 #
 #   bench/compare.sh                      # default model, 2 threads, concurrency 1,2,4,8
-#   MODEL=x.gguf THREADS=4 CONCURRENCY=1,4 REQUESTS=8 bench/compare.sh
+#   MODEL=x.gguf THREADS=4 CONCURRENCY=1,4 REQUESTS=8 ROUNDS=1 bench/compare.sh
 #   SKIP=llama-cpp-python bench/compare.sh   # leave a server out (comma-separated names)
 #
 # Results: bench/results/<UTC time>/ (gitignored): serve.json, serve.png, serve.txt,
@@ -18,6 +18,7 @@ PARALLEL="${PARALLEL:-8}"
 CTX="${CTX:-4096}"                # KV cells shared by all slots (unified), for every server
 CONCURRENCY="${CONCURRENCY:-1,2,4,8}"
 REQUESTS="${REQUESTS:-0}"         # per level; 0: 2 x concurrency (at least 4)
+ROUNDS="${ROUNDS:-3}"             # each level this many times, servers alternating
 MAX_TOKENS="${MAX_TOKENS:-128}"
 PROMPT_TOKENS="${PROMPT_TOKENS:-128}"
 SKIP="${SKIP:-}"
@@ -89,7 +90,7 @@ skipped ferrousforge || start ferrousforge "$root/.venv/bin/ferrousforge" serve 
 if [[ ${#urls[@]} -eq 0 ]]; then echo "no server started" >&2; exit 1; fi
 rc=0
 "$PY" -m ferrousforge.bench.cli serve "${urls[@]}" --concurrency "$CONCURRENCY" \
-  --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --prompt-tokens "$PROMPT_TOKENS" \
+  --requests "$REQUESTS" --rounds "$ROUNDS" --max-tokens "$MAX_TOKENS" --prompt-tokens "$PROMPT_TOKENS" \
   --json "$out/serve.json" --plot "$out/serve.png" | tee "$out/serve.txt" || rc=$?
 cleanup; pids=()
 

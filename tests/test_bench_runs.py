@@ -122,6 +122,14 @@ def test_serve_bench_counts_tokens_and_completeness(fake_servers):
     assert "full" in table and "NO (5 short)" in table
 
 
+def test_serve_bench_rounds_pool_every_request_once(fake_servers):
+    cfg = ServeBenchConfig(urls=fake_servers, concurrency=[2], requests=3, max_tokens=4, rounds=2)
+    full, short = asyncio.run(run_serve_bench(cfg)).servers
+    (lv,) = full.levels
+    assert lv.requests == 6 and lv.tokens == 24 and lv.complete
+    assert short.levels[0].requests == 6 and short.levels[0].incomplete == 6
+
+
 def test_serve_bench_reports_http_errors(fake_servers):
     cfg = ServeBenchConfig(
         urls=fake_servers[:1],

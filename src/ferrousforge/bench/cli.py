@@ -85,6 +85,12 @@ def _register_serve(bsub: argparse._SubParsersAction) -> None:
         default=0,
         help="requests per level (default: 2 x concurrency, at least 4)",
     )
+    s.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every level this many times, alternating servers (figures pool the rounds)",
+    )
     s.add_argument("--max-tokens", type=int, default=128)
     s.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length")
     s.add_argument("--model", default=None, help="model name to send (default: the server's first)")
@@ -101,6 +107,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         urls=args.url,
         concurrency=args.concurrency,
         requests=args.requests,
+        rounds=args.rounds,
         max_tokens=args.max_tokens,
         prompt_tokens=args.prompt_tokens,
         model=args.model,

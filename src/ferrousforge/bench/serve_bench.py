@@ -10,6 +10,7 @@ client costs the server little CPU on a small machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -38,12 +39,15 @@ class ServeBenchConfig:
     warmup: bool = True
     ready_s: float = 120.0  # how long warm-up retries while a server is still loading
     extra_body: dict = field(default_factory=dict)  # merged into every request body
+    rounds: int = 1  # each level this many times per server, interleaved between servers
 
     def __post_init__(self) -> None:
         if not self.urls:
             raise ValueError("urls: give at least one server")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError("concurrency: must be positive integers")
+        if self.rounds < 1:
+            raise ValueError("rounds: must be >= 1")
         if self.max_tokens < 1 or self.requests < 0:
             raise ValueError("max_tokens: must be >= 1 and requests >= 0")
 
@@ -192,8 +196,10 @@ async def run_level(
     cfg: ServeBenchConfig,
     concurrency: int,
     first_index: int,
-) -> LevelStats:
-    """``n_requests`` requests through ``concurrency`` workers that share one queue."""
+) -> tuple[list[RequestRecord], float]:
+    """``n_requests`` requests through ``concurrency`` workers that share one queue.
+
+    Returns the records and the wall time of the level."""
     n = cfg.n_requests(concurrency)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
@@ -207,7 +213,7 @@ async def run_level(
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarize(concurrency, records, time.perf_counter() - t0, cfg.max_tokens)
+    return records, time.perf_counter() - t0
 
 
 def summarize(
@@ -252,29 +258,58 @@ async def warm_up(client: httpx.AsyncClient, url: str, body: dict, ready_s: floa
         await asyncio.sleep(0.5)
 
 
-async def bench_server(cfg: ServeBenchConfig, entry: str, index_base: int) -> ServerResult:
-    name, url = split_url(entry)
-    # A fresh connection per request: llama-server (cpp-httplib) closes a keep-alive
-    # connection after 5 requests, and a POST on a connection it just closed fails.
-    limits = httpx.Limits(max_connections=max(cfg.concurrency) + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(limits=limits, timeout=cfg.timeout_s) as client:
-        model = cfg.model or await discover_model(client, url)
-        result = ServerResult(name, url, model)
-        if cfg.warmup:
-            await warm_up(client, url, request_body(cfg, model, index_base - 1), cfg.ready_s)
-        for k, c in enumerate(cfg.concurrency):
-            level = await run_level(client, url, model, cfg, c, index_base + 10_000 * k)
-            log.info("%s c=%d: %.1f tok/s, %d errors", name, c, level.tokens_per_s, level.errors)
-            result.levels.append(level)
-    return result
+@dataclass(slots=True)
+class _Server:
+    name: str
+    url: str
+    client: httpx.AsyncClient
+    model: str = ""
 
 
 async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
-    """Every server in turn (never two at once: they would share the CPU)."""
+    """Every level of every server, one at a time (two at once would share the CPU).
+
+    Levels are interleaved: for each round and level, each server in turn, the
+    order rotating between rounds, so a drift in the machine's speed hits every
+    server alike. A level's figures pool its requests over the rounds.
+    """
     cfg_dict = asdict(cfg)
     report = ServeReport(cfg_dict, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    for s, entry in enumerate(cfg.urls):
-        report.servers.append(await bench_server(cfg, entry, 1_000_000 * (s + 1)))
+    # A fresh connection per request: llama-server (cpp-httplib) closes a keep-alive
+    # connection after 5 requests, and a POST on a connection it just closed fails.
+    limits = httpx.Limits(max_connections=max(cfg.concurrency) + 4, max_keepalive_connections=0)
+    async with contextlib.AsyncExitStack() as stack:
+        servers = []
+        for s, entry in enumerate(cfg.urls):
+            name, url = split_url(entry)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits, timeout=cfg.timeout_s)
+            )
+            srv = _Server(name, url, client)
+            srv.model = cfg.model or await discover_model(client, url)
+            if cfg.warmup:
+                body = request_body(cfg, srv.model, 1_000_000 * (s + 1) - 1)
+                await warm_up(client, url, body, cfg.ready_s)
+            servers.append(srv)
+        pooled: dict[tuple[int, int], tuple[list[RequestRecord], float]] = {}
+        for r in range(cfg.rounds):
+            order = [(i + r) % len(servers) for i in range(len(servers))]
+            for k, c in enumerate(cfg.concurrency):
+                for s in order:
+                    srv = servers[s]
+                    first = 1_000_000 * (s + 1) + 100_000 * r + 10_000 * k
+                    recs, wall = await run_level(srv.client, srv.url, srv.model, cfg, c, first)
+                    log.info(
+                        "%s c=%d round %d: %d requests in %.2fs", srv.name, c, r, len(recs), wall
+                    )
+                    prev, prev_wall = pooled.get((s, k), ([], 0.0))
+                    pooled[(s, k)] = (prev + recs, prev_wall + wall)
+        for s, srv in enumerate(servers):
+            result = ServerResult(srv.name, srv.url, srv.model)
+            for k, c in enumerate(cfg.concurrency):
+                recs, wall = pooled[(s, k)]
+                result.levels.append(summarize(c, recs, wall, cfg.max_tokens))
+            report.servers.append(result)
     return report
 
 
