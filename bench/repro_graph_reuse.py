@@ -1,10 +1,11 @@
-"""Repro for the core: llama.cpp stops reusing its compute graph in the engine.
+"""Regression check: engine steps reuse llama.cpp's compute graph as raw decoding does.
 
-With prefix_cache=False, once any request has finished, no later engine step
-reuses llama.cpp's previous graph (llama_perf_context().n_reused stops growing),
-so every decode rebuilds it: 10-25% slower llama_decode at 2-16 sequences than
-raw llama_decode on a context of the same shape. With prefix_cache=True, or
-before the first request finishes, steps reuse the graph as raw decoding does.
+Until 891135d, once a request had finished, a new one took the least recently used
+slot, so a step's batch listed sequence ids out of order (e.g. 1..7, 0). With one KV
+stream per sequence llama.cpp then split the step into two ubatches and rebuilt its
+graph every decode (llama_perf_context().n_reused stopped growing): 20-35% slower
+llama_decode at 2-8 sequences than raw. Now slots fill lowest-first and the batch is
+in slot order; every case below should show about as many reuses as raw.
 
     .venv/bin/python bench/repro_graph_reuse.py
     LLAMA_GRAPH_RESULT_DEBUG=2 .venv/bin/python bench/repro_graph_reuse.py -v  # llama.cpp's view

@@ -182,3 +182,19 @@ async def test_full_kv_cache_preempts_and_every_output_stays_correct(model_path)
             assert t.token_ids[:40] == a.token_ids[:40]
     finally:
         lm.close()
+
+
+async def test_steps_after_a_finished_request_decode_as_one_reusable_graph(model):
+    # With one KV stream per sequence llama.cpp decodes a step in one pass (and reuses
+    # the previous step's graph) only when the batch lists consecutive sequence ids.
+    from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+    backend, lm = model
+    h = lm.handle
+    assert await wait_idle(lm.engine)
+    await backend.infer(h, BackendInput.Text("Warm-up"), GREEDY.replace(max_tokens=2))
+    lib, ctx = load_library(), lm.engine.runner.ctx.ptr
+    before = lib.llama_perf_context(ctx).n_reused
+    forced = GREEDY.replace(ignore_eos=True, max_tokens=24)
+    await asyncio.gather(*(backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]))
+    assert lib.llama_perf_context(ctx).n_reused - before >= 18  # of 23 generation steps
