@@ -1,5 +1,8 @@
 """Exit 0 if libllama loads and decodes one token here; used by the install script.
 
+Exit 1: the library cannot run here (signal, load error, failed decode); exit 3: a Python
+package the bindings import is missing (no point rebuilding the library).
+
 Runs the real check in a child process so that a SIGILL (a library built for
 instructions this CPU cannot execute) becomes a message instead of a crash.
 """
@@ -18,6 +21,10 @@ if __name__ == "__main__":
     # Import-level check first (missing library or symbols), then a real decode via doctor
     # when the package is importable.
     r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    if r.returncode > 0 and "ModuleNotFoundError" in r.stderr:
+        # A Python package is missing: rebuilding libllama would not help.
+        print(f"the llama_cpp bindings cannot be imported:\n{r.stderr[-2000:]}", file=sys.stderr)
+        sys.exit(3)
     if r.returncode != 0:
         sig = -r.returncode if r.returncode < 0 else None
         print(

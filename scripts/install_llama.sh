@@ -39,7 +39,10 @@ fi
 # --no-deps reinstall above skips them, and the load check below needs them.
 "$py" -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
 # Prove the library runs on this CPU (a SIGILL kills only the child).
-if ! "$py" "$here/scripts/check_decode.py"; then
+rc=0; "$py" "$here/scripts/check_decode.py" || rc=$?
+if (( rc == 3 )); then
+  exit 1
+elif (( rc != 0 )); then
   echo "the cached libllama cannot run here; rebuilding it once" >&2
   build
   "$py" -m pip install --no-deps --force-reinstall --quiet "$wheels"/llama_cpp_python-*.whl
