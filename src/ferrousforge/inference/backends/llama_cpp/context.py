@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import threading
 from types import ModuleType
 
 from ferrousforge.errors import ModelLoadError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
+from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 
@@ -34,17 +34,17 @@ def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
     return per_seq * config.max_parallel
 
 
-class LlamaContext:
+class LlamaContext(NativeHandle):
     """A llama_context with ``n_seq_max`` sequences, each with its own KV stream by default.
 
     Not thread safe (llama.cpp contexts are not): the engine thread is its only user.
     """
 
+    _what = "context"
+
     def __init__(self, lib: ModuleType, model: LlamaModel, config: BackendConfig) -> None:
-        self._lib = lib
+        super().__init__(lib)
         self.model = model
-        self._lock = threading.Lock()
-        self._ptr = None
         p = lib.llama_context_default_params()
         p.n_ctx = context_size_for(config, model)
         p.n_batch = config.batch_size
@@ -78,12 +78,6 @@ class LlamaContext:
         self.n_vocab = model.vocab.n_tokens
         self._mem = lib.llama_get_memory(ptr)
 
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise RuntimeError("context is closed")
-        return self._ptr
-
     def decode(self, batch) -> int:
         return self._lib.llama_decode(self.ptr, batch)
 
@@ -103,18 +97,9 @@ class LlamaContext:
     def clear(self) -> None:
         self._lib.llama_memory_clear(self._mem, True)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._ptr is not None:
-                self._lib.llama_free(self._ptr)
-                self._ptr = None
-                self._mem = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr) -> None:
+        self._mem = None
+        self._lib.llama_free(ptr)
 
 
 def as_float_array(ptr, n: int):

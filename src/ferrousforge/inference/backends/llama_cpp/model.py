@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 from pathlib import Path
 from types import ModuleType
 
 from ferrousforge.errors import AcceleratorUnavailableError, ModelLoadError
 from ferrousforge.inference.backend import Accelerator, AcceleratorType, BackendConfig
+from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
 from ferrousforge.inference.backends.llama_cpp.vocab import Vocab
 
@@ -25,17 +25,17 @@ def normalize_accelerator(acc: Accelerator | type | None) -> Accelerator:
     return acc
 
 
-class LlamaModel:
+class LlamaModel(NativeHandle):
     """Loads a GGUF model; frees it exactly once (``close`` or garbage collection)."""
+
+    _what = "model"
 
     def __init__(
         self, lib: ModuleType, path: Path, config: BackendConfig, accelerator: Accelerator
     ) -> None:
-        self._lib = lib
+        super().__init__(lib)
         self.path = path
         self.accelerator = accelerator
-        self._ptr: ctypes.c_void_p | None = None
-        self._lock = threading.Lock()
         params = self._model_params(config, accelerator)
         mark = log_mark()
         ptr = lib.llama_model_load_from_file(str(path).encode(), params)
@@ -96,12 +96,6 @@ class LlamaModel:
             params.progress_callback = self._progress_cb
         return params
 
-    @property
-    def ptr(self) -> ctypes.c_void_p:
-        if self._ptr is None:
-            raise RuntimeError("model is closed")
-        return self._ptr
-
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)
         n = self._lib.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
@@ -117,14 +111,5 @@ class LlamaModel:
         self._lib.llama_model_desc(self.ptr, buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
-    def close(self) -> None:
-        with self._lock:
-            if self._ptr is not None:
-                self._lib.llama_model_free(self._ptr)
-                self._ptr = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr) -> None:
+        self._lib.llama_model_free(ptr)

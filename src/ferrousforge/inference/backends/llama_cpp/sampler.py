@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import random
-import threading
 from types import ModuleType
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
 
 
-class SamplerChain:
+class SamplerChain(NativeHandle):
     """Owns a llama_sampler chain; frees it exactly once.
 
     Order follows llama.cpp's common sampler: logit bias, penalties, DRY, then
@@ -20,12 +20,12 @@ class SamplerChain:
     so every other stage sees only tokens the grammar allows.
     """
 
+    _what = "sampler"
+
     def __init__(
         self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions, n_ctx: int = 4096
     ) -> None:
-        self._lib = lib
-        self._ptr = None
-        self._lock = threading.Lock()
+        super().__init__(lib)
         self._keep: list[object] = []  # ctypes arrays the chain points into
         params = lib.llama_sampler_chain_default_params()
         params.no_perf = True
@@ -126,14 +126,5 @@ class SamplerChain:
     def accept(self, token: int) -> None:
         self._lib.llama_sampler_accept(self._ptr, token)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._ptr is not None:
-                self._lib.llama_sampler_free(self._ptr)
-                self._ptr = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr) -> None:
+        self._lib.llama_sampler_free(ptr)
