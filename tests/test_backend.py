@@ -194,6 +194,10 @@ async def test_grammar_constrains_output_and_bad_grammar_names_the_field(backend
     assert out.text in (" yes", " no")
     with pytest.raises(ValueError, match="^grammar:"):
         await backend.infer(handle, BackendInput.Text("x"), InferenceOptions(grammar="root ::= ("))
+    # min > max: llama.cpp would expand it until the process runs out of memory.
+    with pytest.raises(ValueError, match="^grammar: repetition"):
+        opts = InferenceOptions(grammar="root ::= [a-z]{3,1}")
+        await backend.infer(handle, BackendInput.Text("x"), opts)
 
 
 async def test_every_sampler_option_runs(backend, handle):

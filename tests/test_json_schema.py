@@ -59,6 +59,10 @@ def test_unsupported_schemas_raise_value_error() -> None:
         schema_to_gbnf({"type": "tuple"})
     with pytest.raises(ValueError):
         schema_to_gbnf({"enum": []})
+    with pytest.raises(ValueError, match="minItems"):
+        schema_to_gbnf({"type": "array", "minItems": 3, "maxItems": 1})
+    with pytest.raises(ValueError, match="maxLength"):
+        schema_to_gbnf({"type": "string", "maxLength": -1})
 
 
 def test_json_object_is_a_generic_object_grammar() -> None:

@@ -356,6 +356,39 @@ def test_invalid_fields_are_400(server: Server) -> None:
         )
 
 
+def test_grammars_that_would_exhaust_memory_are_400_and_the_server_keeps_serving(
+    server: Server,
+) -> None:
+    # llama.cpp expands a repetition {m,n} with m > n until the process is killed.
+    bad_schema = {"type": "array", "minItems": 5, "maxItems": 2}
+    with server.http() as h:
+        err = _error(
+            h.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": CHAT,
+                    "max_tokens": 4,
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "x", "schema": bad_schema},
+                    },
+                },
+            ),
+            400,
+        )
+        assert "minItems" in err["message"]
+        err = _error(
+            h.post(
+                "/v1/completions",
+                json={"prompt": "x", "max_tokens": 4, "grammar": 'root ::= "a"{3,1}'},
+            ),
+            400,
+        )
+        assert err["param"] == "grammar"
+        ok = h.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert ok.status_code == 200
+
+
 def test_unknown_model_is_404_never_a_fallback(server: Server) -> None:
     with server.http() as h:
         err = _error(

@@ -131,21 +131,21 @@ class _Converter:
         raise ValueError(f"response_format: unsupported type {t!r} at '{hint}'")
 
     def string(self, schema: dict[str, Any], hint: str) -> str:
-        lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+        lo, hi = _bounds(schema, "minLength", "maxLength", hint)
         if not lo and hi is None:
             return self.primitive("string")
         self.primitive("char")
         self.primitive("space")
-        rep = f"{{{int(lo)},{int(hi)}}}" if hi is not None else f"{{{int(lo)},}}"
+        rep = f"{{{lo},{hi}}}" if hi is not None else f"{{{lo},}}"
         return self.add(hint, f'"\\"" char{rep} "\\"" space')
 
     def array(self, schema: dict[str, Any], hint: str) -> str:
         item = self.visit(schema.get("items", True), f"{hint}-item")
         self.primitive("space")
-        lo, hi = int(schema.get("minItems", 0)), schema.get("maxItems")
-        if hi is not None and int(hi) == 0:
+        lo, hi = _bounds(schema, "minItems", "maxItems", hint)
+        if hi == 0:
             return self.add(hint, '"[" space "]" space')
-        more_hi = "" if hi is None else str(int(hi) - 1)
+        more_hi = "" if hi is None else str(hi - 1)
         tail = f'("," space {item}){{{max(lo - 1, 0)},{more_hi}}}'
         inner = f"{item} {tail}"
         body = f'"[" space {inner} "]" space' if lo > 0 else f'"[" space ({inner})? "]" space'
@@ -206,3 +206,14 @@ def schema_to_gbnf(schema: dict[str, Any] | bool) -> str:
 def json_object_gbnf() -> str:
     """Any JSON object (response_format type json_object)."""
     return schema_to_gbnf({"type": "object"})
+
+
+def _bounds(schema: dict[str, Any], lo_key: str, hi_key: str, hint: str) -> tuple[int, int | None]:
+    """A schema's (min, max) count pair, checked: whole numbers, min <= max."""
+    lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
+    for key, v in ((lo_key, lo), (hi_key, hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"response_format: {key} at '{hint}' must be a whole number >= 0")
+    if hi is not None and lo > hi:
+        raise ValueError(f"response_format: {lo_key} ({lo}) exceeds {hi_key} ({hi}) at '{hint}'")
+    return lo, hi

@@ -7,6 +7,7 @@ import random
 from types import ModuleType
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.inference.backends.llama_cpp.gbnf import check_repetitions
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
 
@@ -50,6 +51,7 @@ class SamplerChain(NativeHandle):
             return n_ctx if n < 0 else n
 
         if o.grammar:
+            check_repetitions(o.grammar)
             mark = log_mark()
             g = lib.llama_sampler_init_grammar(vocab_ptr, o.grammar.encode(), b"root")
             if not g:
