@@ -42,6 +42,7 @@ class ScriptedRunner:
         self.n_ctx = n_ctx
         self.eog_ids = frozenset({EOG})
         self.supports_prefix_cache = True
+        self.wants_contiguous_slots = True
         self.kv_capacity = kv_capacity  # total cells; None = unlimited
         self.kv: dict[int, int] = {}  # slot -> cells held (positions 0..n-1)
         self.plans: list[StepPlan] = []

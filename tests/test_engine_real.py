@@ -198,3 +198,21 @@ async def test_steps_after_a_finished_request_decode_as_one_reusable_graph(model
     forced = GREEDY.replace(ignore_eos=True, max_tokens=24)
     await asyncio.gather(*(backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]))
     assert lib.llama_perf_context(ctx).n_reused - before >= 18  # of 23 generation steps
+
+
+async def test_a_sequence_moved_to_close_a_slot_gap_keeps_its_output(model):
+    backend, lm = model
+    h = lm.handle
+    forced = GREEDY.replace(ignore_eos=True, max_tokens=20)
+    alone = {p: await backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]}
+    moves = lm.engine.scheduler.moves
+    lengths = [2, 20, 3, 20]  # slots 0 and 2 free early: 3 moves down, 1 stays
+    outs = await asyncio.gather(
+        *(
+            backend.infer(h, BackendInput.Text(p), forced.replace(max_tokens=n))
+            for p, n in zip(PROMPTS[:4], lengths, strict=True)
+        )
+    )
+    assert lm.engine.scheduler.moves > moves
+    for p, o, n in zip(PROMPTS[:4], outs, lengths, strict=True):
+        assert o.token_ids == alone[p].token_ids[:n], p

@@ -179,6 +179,25 @@ def test_new_requests_fill_the_lowest_free_slot_unless_a_long_prefix_is_cached()
     assert follow.slot == 2 and follow.n_cached_prompt == 40  # a long cached prefix wins
 
 
+def test_a_gap_between_busy_slots_is_closed_by_moving_the_highest_sequence():
+    runner = ScriptedRunner(n_slots=4, n_batch=256)
+    sched = Scheduler(runner)
+    seqs = [make_seq(30, max_tokens=12, first=f) for f in (21, 22, 23)]
+    for s in seqs:
+        sched.add(s)
+    for _ in range(3):
+        plan = sched.schedule()
+        sched.postprocess(plan, runner.execute(plan))
+    sched.finish(seqs[0], SequenceStatus.FINISHED_ABORTED)  # slot 0 frees: a gap below 1, 2
+    plan = sched.schedule()
+    assert [(op.kind, op.seq, op.src) for op in plan.kv_ops] == [("cp", 0, 2), ("rm", 2, -1)]
+    assert sorted(s.slot for s in seqs[1:]) == [0, 1] and sched.moves == 1
+    sched.postprocess(plan, runner.execute(plan))  # the runner checks each chunk continues its KV
+    run_until_done(sched, runner)
+    for s in seqs[1:]:
+        assert s.output_ids == expected_output(s.prompt_ids, 12)
+
+
 def test_identical_prompt_always_recomputes_its_last_token():
     runner = ScriptedRunner(n_slots=1, n_batch=64)
     sched = Scheduler(runner)

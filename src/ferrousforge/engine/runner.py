@@ -71,6 +71,7 @@ class Runner(Protocol):
     n_ctx: int
     eog_ids: frozenset[int]
     supports_prefix_cache: bool
+    wants_contiguous_slots: bool  # the scheduler moves sequences to close gaps between slots
 
     def execute(self, plan: StepPlan) -> list[ChunkResult]:
         """Apply plan.kv_ops, decode every chunk in one batch, sample where asked.

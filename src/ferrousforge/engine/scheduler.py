@@ -51,6 +51,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
+        self.moves = 0  # sequences moved to close a gap between busy slots
         # After a preemption, admit nothing until a running sequence finishes:
         # otherwise the victim is readmitted at once and the cache thrashes.
         self.admission_blocked = False
@@ -144,6 +145,8 @@ class Scheduler:
             if sibling is not None and not sibling.is_finished and not sibling.prefill_done:
                 continue  # n > 1: copy the sibling's prompt KV once it exists
             self._admit(seq, plan, free)
+        if self.runner.wants_contiguous_slots:
+            self._compact(plan)
         budget = self.n_batch
         # Generating sequences first: one token each keeps every stream moving.
         for seq in self.running:
@@ -156,6 +159,27 @@ class Scheduler:
                 self._add_chunk(plan, seq, k)
                 budget -= k
         return plan
+
+    def _compact(self, plan: StepPlan) -> None:
+        """Move the highest busy sequence into the lowest free slot below it, until no gap.
+
+        A gap (slots 0 and 2 busy, 1 free) makes llama.cpp decode each step in one more
+        ubatch, a full pass over the weights, for as long as it lasts; one copy of the
+        sequence's KV stream costs less than a single such pass.
+        """
+        while True:
+            busy = [s for s in self.slots if s.seq is not None]
+            free = [s for s in self.slots if s.seq is None]
+            if not busy or not free or free[0].id > busy[-1].id:
+                return
+            src, dst = busy[-1], free[0]
+            seq = src.seq
+            plan.kv_ops.append(KVOp("cp", dst.id, -1, -1, src=src.id))
+            plan.kv_ops.append(KVOp("rm", src.id, 0, -1))
+            dst.seq, dst.cached = seq, []
+            src.seq, src.cached = None, []
+            seq.slot = dst.id  # type: ignore[union-attr]
+            self.moves += 1
 
     def _add_chunk(self, plan: StepPlan, seq: Sequence, k: int) -> None:
         start = seq.n_computed

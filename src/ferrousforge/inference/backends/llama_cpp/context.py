@@ -59,6 +59,7 @@ class LlamaContext(NativeHandle):
         # so batched decode stays fast and a sequence's output does not depend on
         # what else is in the batch (a unified pool places cells by arrival order).
         p.kv_unified = config.kv_unified
+        self.kv_unified = config.kv_unified
         p.offload_kqv = not isinstance(model.accelerator, AcceleratorType.Cpu)
         p.no_perf = True
         mark = log_mark()

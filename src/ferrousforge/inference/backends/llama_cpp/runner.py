@@ -40,6 +40,8 @@ class LlamaRunner:
         self._eog = np.array(sorted(self.eog_ids), dtype=np.int64)
         # Recurrent state cannot be truncated at an arbitrary position.
         self.supports_prefix_cache = not ctx.model.is_recurrent
+        # One KV stream per sequence: a step is one ubatch only over consecutive ids.
+        self.wants_contiguous_slots = not ctx.kv_unified and self.supports_prefix_cache
         self.batch = TokenBatch(ctx._lib, self.n_batch)
 
     def execute(self, plan: StepPlan) -> list[ChunkResult]:
