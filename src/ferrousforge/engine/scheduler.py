@@ -19,6 +19,8 @@ from ferrousforge.errors import ContextOverflowError
 # Copying another slot's KV moves its whole buffer (separate streams), so only
 # do it when it saves at least this many prompt tokens over the target's own cache.
 MIN_COPY_GAIN = 32
+# Steps a gap between busy slots may last before the scheduler closes it by a move.
+GAP_PATIENCE = 2
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.preemptions = 0
         self.moves = 0  # sequences moved to close a gap between busy slots
+        self._gap_steps = 0
         # After a preemption, admit nothing until a running sequence finishes:
         # otherwise the victim is readmitted at once and the cache thrashes.
         self.admission_blocked = False
@@ -165,13 +168,19 @@ class Scheduler:
 
         A gap (slots 0 and 2 busy, 1 free) makes llama.cpp decode each step in one more
         ubatch, a full pass over the weights, for as long as it lasts; one copy of the
-        sequence's KV stream costs less than a single such pass.
+        sequence's KV stream costs less than a single such pass. A gap is left alone for
+        GAP_PATIENCE steps first: under steady load the next request fills it for free.
         """
-        while True:
+        if not self._has_gap():
+            self._gap_steps = 0
+            return
+        self._gap_steps += 1
+        if self._gap_steps <= GAP_PATIENCE:
+            return
+        self._gap_steps = 0
+        while self._has_gap():
             busy = [s for s in self.slots if s.seq is not None]
             free = [s for s in self.slots if s.seq is None]
-            if not busy or not free or free[0].id > busy[-1].id:
-                return
             src, dst = busy[-1], free[0]
             seq = src.seq
             plan.kv_ops.append(KVOp("cp", dst.id, -1, -1, src=src.id))
@@ -180,6 +189,10 @@ class Scheduler:
             src.seq, src.cached = None, []
             seq.slot = dst.id  # type: ignore[union-attr]
             self.moves += 1
+
+    def _has_gap(self) -> bool:
+        busy = [s.id for s in self.slots if s.seq is not None]
+        return bool(busy) and busy[-1] + 1 > len(busy)
 
     def _add_chunk(self, plan: StepPlan, seq: Sequence, k: int) -> None:
         start = seq.n_computed
