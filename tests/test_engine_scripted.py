@@ -113,11 +113,14 @@ async def test_random_arrivals_cancellations_and_long_prompts(engine_factory, se
     engine = engine_factory(n_slots=4, n_batch=24, n_ctx=512, kv_capacity=200, max_waiting=100)
 
     async def one(i: int):
-        await asyncio.sleep(rng.random() * 0.05)
-        prompt = [1000 + i] + [rng.randrange(1, 900) for _ in range(rng.choice([2, 10, 90]))]
-        if rng.random() < 0.3:  # shares a prefix with an earlier request
-            prompt = [1000 + i] + [7] * 40 + prompt[1:5]
-        n = rng.randrange(1, 30)
+        if i < 4:  # a burst of long requests that together overflow the KV cache
+            prompt, n = [1000 + i] + [rng.randrange(1, 900) for _ in range(90)], 20
+        else:
+            await asyncio.sleep(rng.random() * 0.05)
+            prompt = [1000 + i] + [rng.randrange(1, 900) for _ in range(rng.choice([2, 10, 90]))]
+            if rng.random() < 0.3:  # shares a prefix with an earlier request
+                prompt = [1000 + i] + [7] * 40 + prompt[1:5]
+            n = rng.randrange(1, 30)
         sampler = ScriptedSampler()
         stream = engine.add_request(prompt, SamplingLimits(max_tokens=n), sampler)
         if rng.random() < 0.3:
