@@ -3,7 +3,10 @@
 Each step carries one token for every generating sequence, then prompt chunks
 of prefilling sequences up to the n_batch budget (chunked prefill, so a long
 prompt never stalls running streams). New requests take a free slot, reusing
-the longest common token prefix already in any slot's KV (prefix cache).
+the longest common token prefix already in any slot's KV (prefix cache). Busy
+slots are kept contiguous (lowest free slot first; a lasting gap is closed by
+moving a sequence), because llama.cpp decodes separate KV streams in one ubatch
+only over consecutive sequence ids.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class Scheduler:
                 plan.kv_ops.append(KVOp("rm", own.id, own_len, -1))
             self._set_reused(seq, own_len)
             return own
-        # Copy another slot's KV into the least valuable free slot, then cut it to the prefix.
+        # Copy another slot's KV into the lowest free slot, then cut it to the prefix.
         target = min(free, key=lambda s: s.id)
         plan.kv_ops.append(KVOp("cp", target.id, -1, -1, src=src.id))
         plan.kv_ops.append(KVOp("rm", target.id, src_len, -1))
