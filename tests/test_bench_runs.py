@@ -196,3 +196,16 @@ def test_cli_serve_writes_json_and_exit_code(fake_servers, tmp_path, capsys):
         )
         == 1
     )  # a short request fails the run
+
+
+def test_cli_rejects_bad_values_with_a_message_not_a_traceback(capsys):
+    from ferrousforge.bench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--url", "http://127.0.0.1:9", "--rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "error: rounds: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["engine", "--repeat", "0"])
+    assert exit_info.value.code == 2
+    assert "error: repeat: must be >= 1" in capsys.readouterr().err

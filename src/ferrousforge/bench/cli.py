@@ -53,7 +53,8 @@ def _run_engine(args: argparse.Namespace) -> int:
     from ferrousforge.bench.engine_bench import EngineBenchConfig, format_report, run_engine_bench
     from ferrousforge.models.default_model import default_model_path
 
-    cfg = EngineBenchConfig(
+    cfg = _config(
+        EngineBenchConfig,
         model=args.model or default_model_path(),
         levels=args.levels,
         prompt_tokens=args.prompt_tokens,
@@ -103,7 +104,8 @@ def _register_serve(bsub: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from ferrousforge.bench.serve_bench import ServeBenchConfig, format_serve, run_serve_bench
 
-    cfg = ServeBenchConfig(
+    cfg = _config(
+        ServeBenchConfig,
         urls=args.url,
         concurrency=args.concurrency,
         requests=args.requests,
@@ -123,6 +125,15 @@ def _run_serve(args: argparse.Namespace) -> int:
         plot_serve(report, args.plot)
     failed = any(lv.errors or not lv.complete for srv in report.servers for lv in srv.levels)
     return 1 if failed else 0
+
+
+def _config(factory, **fields):
+    """Build a bench config; a value it rejects ends the command as argparse would."""
+    try:
+        return factory(**fields)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _write_json(path: Path, data: dict) -> None:
