@@ -65,3 +65,15 @@ class RequestTooLargeError(FerrousForgeError):
 
 class ModelNotReadyError(FerrousForgeError):
     """The server is still loading its models (or failed to)."""
+
+
+class NativeCallError(FerrousForgeError):
+    """llama.cpp threw a C++ exception inside a guarded call (the guard caught it)."""
+
+
+class GrammarError(FerrousForgeError, ValueError):
+    """A grammar (GBNF, response_format or tool schema) is invalid or over a limit."""
+
+
+class SamplingBudgetError(FerrousForgeError):
+    """Sampling one token of a request took longer than the per-token budget."""
