@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import struct
 import subprocess
 import sys
 
 import pytest
 
+from ferrousforge import __version__
 from ferrousforge.cli.main import build_parser, main
 
 
@@ -87,3 +90,23 @@ def test_chat_keeps_the_conversation_and_reuses_the_prefix() -> None:
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("tokens/s") == 2
     assert "prompt tokens cached" in p.stderr  # the second turn reused the first's KV
+
+
+def test_version() -> None:
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ferrousforge {__version__}"
+    assert re.fullmatch(r"ferrousforge \d+\.\d+\.\d+", r.stdout.strip())
+
+
+@pytest.mark.parametrize("command", ["serve", "info"])
+def test_a_corrupt_header_is_an_error_not_a_traceback(tmp_path, command: str) -> None:
+    """A GGUF whose general.alignment is a string was a TypeError traceback."""
+    key, value = b"general.alignment", b"32"
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)
+    header += struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, len(value)) + value
+    bad = tmp_path / "align.gguf"
+    bad.write_bytes(header)
+    args = ["serve", "--model", str(bad)] if command == "serve" else ["info", str(bad)]
+    r = _cli(*args)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr
+    assert "general.alignment is string, expected uint32" in r.stderr

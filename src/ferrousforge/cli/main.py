@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from ferrousforge import __version__
 from ferrousforge.cli import chat, doctor, info, run, serve
 
 EPILOG = """examples:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"ferrousforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve.register(sub)
     run.register(sub)
