@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import subprocess
@@ -110,3 +111,33 @@ def test_a_corrupt_header_is_an_error_not_a_traceback(tmp_path, command: str) ->
     r = _cli(*args)
     assert r.returncode in (1, 2) and "Traceback" not in r.stderr
     assert "general.alignment is string, expected uint32" in r.stderr
+
+
+def test_the_default_model_is_named_after_the_file_used(tmp_path, monkeypatch, model_path) -> None:
+    """With TEST_MODEL_PATH set, the default model's id is that file's name, for every command."""
+    from ferrousforge.models.registry import model_specs, resolve_model_path
+    from ferrousforge.settings import ServerSettings
+
+    other = tmp_path / "other-model.gguf"
+    other.symlink_to(model_path)
+    monkeypatch.setenv("TEST_MODEL_PATH", str(other))
+    assert resolve_model_path(None) == ("other-model", other)
+    assert [s.id for s in model_specs(ServerSettings())] == ["other-model"]
+    # the alias still names the bundled file, under its own name
+    mid, path = resolve_model_path("smollm2-135m-instruct")
+    assert mid == "smollm2-135m-instruct" and path.name != "other-model.gguf"
+
+
+@pytest.mark.integration
+def test_run_names_the_model_it_loaded(tmp_path, model_path) -> None:
+    other = tmp_path / "other-model.gguf"
+    other.symlink_to(model_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", "run", "Hi", "--max-tokens", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "TEST_MODEL_PATH": str(other)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "loaded other-model in" in r.stderr and "smollm2" not in r.stderr.lower()

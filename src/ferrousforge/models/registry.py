@@ -11,7 +11,11 @@ from pathlib import Path
 from ferrousforge.errors import ModelNotFoundError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
-from ferrousforge.models.default_model import DEFAULT_MODEL_ALIAS, default_model_path
+from ferrousforge.models.default_model import (
+    DEFAULT_MODEL_ALIAS,
+    bundled_model_path,
+    default_model,
+)
 from ferrousforge.settings import ModelSettings, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -30,12 +34,17 @@ class ModelSpec:
 def resolve_model_path(
     name: str | None, models: list[ModelSettings] | None = None
 ) -> tuple[str, Path]:
-    """(id, path) for a CLI model argument: a configured alias, the default alias, or a path."""
+    """(id, path) for a CLI model argument: a configured alias, the default alias, or a path.
+
+    None is the default model, named after the file actually used (see default_model).
+    """
     for m in models or []:
         if name is not None and name in (m.alias, m.path):
             return m.alias or Path(m.path).stem, Path(m.path)
-    if name is None or name == DEFAULT_MODEL_ALIAS:
-        return DEFAULT_MODEL_ALIAS, default_model_path()
+    if name is None:
+        return default_model()
+    if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
+        return DEFAULT_MODEL_ALIAS, bundled_model_path()
     path = Path(name).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
