@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,22 +22,36 @@ from ferrousforge.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
-async def _load(st: ServerState) -> None:
+async def _load(st: ServerState, on_error: Callable[[str], None] | None = None) -> None:
+    """Load every model; on failure log the reason and call ``on_error`` with it.
+
+    Without ``on_error`` the app stays up: /health says "error" and requests get 503.
+    ``ferrousforge serve`` passes one that stops the server, since it can never get ready.
+    """
     try:
         await st.registry.load_all()
         log.info("ready: serving %s", ", ".join(st.registry.loaded))
-    except Exception as e:  # /health reports it; requests get 503 with the reason
+    except Exception as e:
         st.load_error = f"model failed to load: {e}"
         log.error("%s", st.load_error)
+        if on_error is not None:
+            on_error(st.load_error)
 
 
-def create_app(settings: ServerSettings, specs: list[ModelSpec]) -> FastAPI:
-    """An app that loads ``specs`` in the background (/health is 503 until they are ready)."""
+def create_app(
+    settings: ServerSettings,
+    specs: list[ModelSpec],
+    on_load_error: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """An app that loads ``specs`` in the background (/health is 503 until they are ready).
+
+    ``on_load_error(reason)`` is called if a model fails to load.
+    """
     st = ServerState(settings, ModelRegistry(specs), int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(st))
+        loading = asyncio.create_task(_load(st, on_load_error))
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ferrousforge.api import chat, completions
+from ferrousforge.api.auth import presented_key
 from ferrousforge.api.metrics import render_metrics
 from ferrousforge.api.options import seq_context
 from ferrousforge.api.schemas import (
@@ -106,9 +108,18 @@ async def get_model(model_id: str, request: Request) -> dict:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
+    """Readiness, open to all. The reason for an "error" (file path, llama.cpp's log) is
+    shown only to a client with a valid API key when keys are set; the log always has it."""
     st = state(request)
     if st.load_error:
-        return JSONResponse({"status": "error", "message": st.load_error}, status_code=503)
+        body = {"status": "error"}
+        keys = st.settings.api_key
+        key = presented_key(request.scope)
+        if not keys or (
+            key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+        ):
+            body["message"] = st.load_error
+        return JSONResponse(body, status_code=503)
     if not st.registry.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
     return JSONResponse({"status": "ok"})

@@ -72,12 +72,25 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper())
     logging.getLogger("ferrousforge").setLevel(level)
-    app = create_app(settings, specs)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+    # A server whose model cannot load would answer 503 forever: stop it instead (with a
+    # config file too, since a configured model would be missing).
+    app = create_app(settings, specs, on_load_error=lambda _: setattr(server, "should_exit", True))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=5,
+        )
     )
-    return 0
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+        pass
+    load_error = app.state.ff.load_error
+    if load_error:
+        first, *rest = load_error.splitlines()
+        print(f"error: {first}{' (details in the log above)' if rest else ''}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 3  # 3: uvicorn's code for a failed startup (port in use)
