@@ -23,10 +23,18 @@ def scripted_token(seq_key: int, position: int) -> int:
 
 @dataclass
 class ScriptedSampler:
-    """Per-sequence script: optional forced tokens by output index, e.g. {3: EOG}."""
+    """Per-sequence script: optional forced tokens by output index, e.g. {3: EOG}.
+
+    At output index ``fail_at`` sampling raises ``error``; at ``exhausted_at`` no token
+    is allowed (a completed grammar); ``sample_s`` is the time each sample reports.
+    """
 
     forced: dict[int, int] = field(default_factory=dict)
     closed: bool = False
+    fail_at: int | None = None
+    error: BaseException | None = None
+    exhausted_at: int | None = None
+    sample_s: float = 0.0
 
     def close(self) -> None:
         assert not self.closed, "sampler freed twice"
@@ -72,7 +80,7 @@ class ScriptedRunner:
             self.kv[seq.slot] = c.pos0 + len(c.tokens)
             self.decoded_tokens += len(c.tokens)
             res = ChunkResult()
-            if c.sample:
+            if c.sample and not self._scripted_end(seq.sampler, res, seq):
                 n_out = len(seq.output_ids)
                 forced = seq.sampler.forced if seq.sampler is not None else {}
                 token = forced.get(n_out, scripted_token(seq.prompt_ids[0], seq.n_tokens))
@@ -81,6 +89,19 @@ class ScriptedRunner:
                 res.token = token
             results.append(res)
         return results
+
+    @staticmethod
+    def _scripted_end(sampler: ScriptedSampler | None, res: ChunkResult, seq: Sequence) -> bool:
+        """Apply the sampler's failure / exhaustion script; True if no token comes."""
+        if sampler is None:
+            return False
+        n_out = len(seq.output_ids)
+        res.sample_s = sampler.sample_s
+        if sampler.fail_at == n_out:
+            res.error = sampler.error or RuntimeError("scripted sampling failure")
+        elif sampler.exhausted_at == n_out:
+            res.exhausted = True
+        return res.error is not None or res.exhausted
 
     def release_slot(self, slot: int, keep: int) -> None:
         self.kv[slot] = min(self.kv.get(slot, 0), keep)

@@ -78,6 +78,13 @@ class ServerSettings(BaseSettings):
     max_waiting: int = Field(
         64, ge=0, description="requests queued beyond the running ones before answering 503"
     )
+    sample_budget_ms: float = Field(
+        500.0,
+        ge=0,
+        description="per-token sampling time budget: a request whose sampling (e.g. a huge "
+        "grammar) takes longer for one token is ended with an error, so it cannot stall the "
+        "others; a grammar whose first step alone takes longer is refused (0: no budget)",
+    )
     max_tokens_limit: int = Field(
         4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"
     )

@@ -99,7 +99,11 @@ def decode_check(model: str | None = None, timeout: float = 120.0) -> tuple[bool
 def run_doctor(model: str | None = None) -> int:
     """Print the library mode and path, system info and CPU features; run a decode."""
     from ferrousforge.errors import LibraryNotFoundError
-    from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
+    from ferrousforge.inference.backends.llama_cpp.library import (
+        library_info,
+        load_library,
+        native_guard,
+    )
 
     print(f"python        {sys.version.split()[0]} ({platform.machine()})")
     print(f"cpu features  {' '.join(cpu_features()) or 'unknown'}")
@@ -111,6 +115,15 @@ def run_doctor(model: str | None = None) -> int:
         print(f"library path  {info.path}")
         print(f"system info   {lib.llama_print_system_info().decode().strip()}")
         print(f"gpu offload   {'yes' if lib.llama_supports_gpu_offload() else 'no'}")
+        guard = native_guard().status
+        if guard.active:
+            print(f"c++ guard     on: {guard.detail}")
+        else:
+            print(
+                f"c++ guard     OFF: {guard.detail}. An exception inside llama.cpp (e.g. from a "
+                "bad grammar) will end the process; install a C++ compiler, or point "
+                "FERROUSFORGE_LLAMA_INCLUDE at the include/ directory of your llama.cpp"
+            )
     except LibraryNotFoundError as e:
         print(f"library       NOT LOADED: {e}")
         ok = False

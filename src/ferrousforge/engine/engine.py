@@ -24,7 +24,7 @@ from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, R
 from ferrousforge.engine.scheduler import Scheduler
 from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
 from ferrousforge.engine.stats import EngineStats
-from ferrousforge.errors import EngineOverloadedError, EngineStoppedError
+from ferrousforge.errors import EngineOverloadedError, EngineStoppedError, SamplingBudgetError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,12 @@ class Engine:
         max_waiting: int = 256,
         prefix_cache: bool = True,
         name: str = "engine",
+        sample_budget_s: float | None = None,
     ) -> None:
         self.runner = runner
+        # Sampling runs on this thread between decodes: one request's slow sampling (a huge
+        # grammar) would stall every other stream, so a token over budget ends its request.
+        self.sample_budget_s = sample_budget_s
         self.scheduler = Scheduler(runner, prefix_cache=prefix_cache)
         self.piece = piece
         self.max_waiting = max_waiting
@@ -103,6 +107,9 @@ class Engine:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._unfinished = 0  # requests accepted and not yet finished (any thread)
+        # Sequences whose caller has not yet been told how they ended: whatever goes wrong
+        # in a step, each of them gets exactly one final output or error.
+        self._live: set[Sequence] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"ferrousforge-{name}", daemon=True)
         self._thread.start()
@@ -146,6 +153,7 @@ class Engine:
                     retry_after=1.0,
                 )
             self._unfinished += 1
+            self._live.add(seq)
             self._inbox.append(("add", seq))
             self._cond.notify()
         return stream
@@ -223,6 +231,24 @@ class Engine:
         self._record_step(plan)
         for seq, res in self.scheduler.postprocess(plan, results):
             self._emit(seq, res)
+        for chunk, res in zip(plan.chunks, results, strict=True):
+            self._end_if_unsampled(chunk.seq, res)
+
+    def _end_if_unsampled(self, seq: Sequence, res: ChunkResult) -> None:
+        """Finish a sequence whose sampling failed, ran over budget, or had nothing left."""
+        budget = self.sample_budget_s
+        if res.error is None and budget is not None and res.sample_s > budget:
+            res.error = SamplingBudgetError(
+                f"sampling one token took {res.sample_s * 1000:.0f} ms, over the per-token "
+                f"budget of {budget * 1000:.0f} ms (sample_budget_ms); the request was ended "
+                "so that it does not slow the others (simplify its grammar)"
+            )
+        if res.error is not None:
+            log.warning("request %d failed while sampling: %s", seq.request_id, res.error)
+            self._fail(seq, res.error)
+        elif res.exhausted:
+            # A completed grammar: nothing more may be generated, whatever ignore_eos says.
+            self._finish(seq, SequenceStatus.FINISHED_STOPPED)
 
     def _on_kv_full(self) -> None:
         before = self.scheduler.preemptions
@@ -271,9 +297,9 @@ class Engine:
         start = seq.first_token_at or time.perf_counter()
         out.ttft_s = start - seq.arrival
         out.generation_s = max(0.0, (seq.last_token_at or start) - start)
+        self._release(seq)
         st = self.stats
         with st.lock:
-            self._unfinished -= 1
             st.running = len(self.scheduler.running)
             st.waiting = len(self.scheduler.waiting)
             if seq.status == SequenceStatus.FINISHED_ABORTED:
@@ -303,30 +329,46 @@ class Engine:
         if seq.sink is not None:
             seq.sink(out)
 
+    def _release(self, seq: Sequence) -> bool:
+        """Count ``seq``'s caller as told its outcome; False if it already was."""
+        with self._cond:
+            if seq not in self._live:
+                return False
+            self._live.discard(seq)
+            self._unfinished -= 1
+            return True
+
     def _reject(self, seq: Sequence, error: Exception) -> None:
         seq.status = SequenceStatus.FINISHED_ABORTED
         self.runner.free_sampler(seq)
-        with self.stats.lock:
-            self._unfinished -= 1
-        if seq.sink is not None:
+        if self._release(seq) and seq.sink is not None:
             seq.sink(RequestOutput("", [], error=error))
 
-    def _fail_running(self, error: Exception) -> None:
-        for seq in list(self.scheduler.running):
-            self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
-            with self.stats.lock:
-                self._unfinished -= 1
-            if seq.sink is not None:
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        """End one sequence (finished or not) with an error for its caller, once."""
+        try:
+            self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)  # no-op if finished
+        finally:
+            if self._release(seq) and seq.sink is not None:
                 seq.sink(RequestOutput("", [], error=error))
+
+    def _fail_running(self, error: Exception) -> None:
+        """After a failed step: fail every started sequence whose caller is still waiting."""
+        for seq in list(self._live):
+            if seq.status in (SequenceStatus.WAITING, SequenceStatus.PREEMPTED):
+                continue  # not started (or without KV): it can still run
+            try:
+                self._fail(seq, error)
+            except Exception:
+                log.exception("could not finish request %d cleanly", seq.request_id)
         for slot in self.scheduler.slots:
             slot.cached = []
         self.runner.reset()
 
     def _cancel_all(self) -> None:
         err = EngineStoppedError("the engine was shut down")
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
-            with self.stats.lock:
-                self._unfinished -= 1
-            if seq.sink is not None:
-                seq.sink(RequestOutput("", [], error=err))
+        for seq in list(self._live):
+            try:
+                self._fail(seq, err)
+            except Exception:
+                log.exception("could not finish request %d cleanly", seq.request_id)

@@ -54,11 +54,19 @@ class LogprobEntry:
 
 @dataclass(slots=True)
 class ChunkResult:
-    """What execute returns for one chunk: the sampled token if it sampled."""
+    """What execute returns for one chunk: the sampled token if it sampled.
+
+    ``exhausted``: nothing could be sampled because no token is allowed (a grammar that
+    is complete); the sequence ends with "stop". ``error``: sampling failed for this
+    sequence alone (it fails, the others go on). ``sample_s``: time spent sampling.
+    """
 
     token: int | None = None
     logprob: LogprobEntry | None = None
     prompt_logprobs: list[LogprobEntry] | None = None  # for chunk.tokens[1:] and the next
+    exhausted: bool = False
+    error: BaseException | None = None
+    sample_s: float = 0.0
 
 
 class KVCacheFull(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ class BackendConfig:
     library_path: str | None = None  # dynamic mode: a libllama file or directory
     prefix_cache: bool = True
     kv_unified: bool = False
+    # Per-token sampling budget: a request whose sampling (a huge grammar) takes longer
+    # for one token is ended with SamplingBudgetError; 0 turns the check off.
+    sample_budget_ms: float = 500.0
     progress_callback: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
@@ -93,6 +97,11 @@ class BackendConfig:
             (self.ubatch_size >= 1, "ubatch_size", ">= 1"),
             (1 <= self.max_parallel <= 256, "max_parallel", "between 1 and 256"),
             (self.max_waiting >= 0, "max_waiting", ">= 0"),
+            (
+                math.isfinite(self.sample_budget_ms) and self.sample_budget_ms >= 0,
+                "sample_budget_ms",
+                ">= 0 (0: no budget)",
+            ),
             (self.main_gpu >= 0, "main_gpu", ">= 0"),
             (self.split_mode in ("none", "layer", "row"), "split_mode", "none, layer or row"),
             (self.flash_attention in ("auto", "on", "off"), "flash_attention", "auto, on or off"),

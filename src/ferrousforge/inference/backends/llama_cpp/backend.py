@@ -117,6 +117,7 @@ class LlamaCppBackend:
             max_waiting=config.max_waiting,
             prefix_cache=config.prefix_cache,
             name=path.stem,
+            sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
         )
         handle = ModelHandle(next(_handle_ids), path, self.name)
         loaded = LoadedModel(handle, gguf, config, model, context, engine)
@@ -181,11 +182,18 @@ class LlamaCppBackend:
     # ---- generation ----------------------------------------------------------------
 
     def submit(
-        self, handle: ModelHandle, prompt_ids: list[int], options: InferenceOptions, n: int = 1
+        self,
+        handle: ModelHandle,
+        prompt_ids: list[int],
+        options: InferenceOptions,
+        n: int = 1,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> list[RequestStream]:
         """Queue ``n`` completions of one prompt; siblings share the prompt's KV.
 
-        Raises ContextOverflowError, EngineOverloadedError or ValueError at once.
+        Raises ContextOverflowError, EngineOverloadedError or ValueError at once. Called off
+        the event loop (a worker thread), pass the loop the streams will be read on.
         """
         lm = self.loaded(handle)
         lm.engine.check_fits(len(prompt_ids), options.max_tokens)
@@ -194,15 +202,21 @@ class LlamaCppBackend:
             for i in range(n):
                 opts = options
                 if n > 1 and options.seed is not None:
-                    opts = options.replace(seed=options.seed + i)  # siblings must differ
+                    # siblings must differ; seeds are uint32, so wrap around
+                    opts = options.replace(seed=(options.seed + i) % 2**32)
                 sampler = SamplerChain(
-                    lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts, lm.n_ctx
+                    lm.model._lib,
+                    lm.vocab.ptr,
+                    lm.vocab.n_tokens,
+                    opts,
+                    lm.n_ctx_seq,
+                    budget_s=lm.engine.sample_budget_s,
                 )
                 try:
                     leader = streams[0].seq if streams else None
                     streams.append(
                         lm.engine.add_request(
-                            prompt_ids, _limits(opts), sampler, share_prefix_with=leader
+                            prompt_ids, _limits(opts), sampler, share_prefix_with=leader, loop=loop
                         )
                     )
                 except BaseException:

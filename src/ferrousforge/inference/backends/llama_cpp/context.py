@@ -5,10 +5,14 @@ from __future__ import annotations
 import ctypes
 from types import ModuleType
 
-from ferrousforge.errors import ModelLoadError
+from ferrousforge.errors import ModelLoadError, NativeCallError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
-from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
+from ferrousforge.inference.backends.llama_cpp.library import (
+    log_lines_since,
+    log_mark,
+    native_guard,
+)
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
@@ -63,7 +67,11 @@ class LlamaContext(NativeHandle):
         p.offload_kqv = not isinstance(model.accelerator, AcceleratorType.Cpu)
         p.no_perf = True
         mark = log_mark()
-        ptr = lib.llama_init_from_model(model.ptr, p)
+        self._guard = native_guard()
+        try:
+            ptr = self._guard.init_from_model(model.ptr, p)
+        except NativeCallError as e:
+            raise ModelLoadError(f"{model.path}: {e}") from e
         if not ptr:
             lines = log_lines_since(mark)
             detail = ("\nllama.cpp said:\n  " + "\n  ".join(lines)) if lines else ""
@@ -80,7 +88,8 @@ class LlamaContext(NativeHandle):
         self._mem = lib.llama_get_memory(ptr)
 
     def decode(self, batch) -> int:
-        return self._lib.llama_decode(self.ptr, batch)
+        """llama_decode's return code; NativeCallError if llama.cpp threw."""
+        return self._guard.decode(self.ptr, batch)
 
     def logits_row(self, i: int):
         """Pointer to the logits of output row ``i`` of the last decode (n_vocab floats)."""

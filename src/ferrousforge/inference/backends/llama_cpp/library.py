@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ferrousforge.errors import LibraryMismatchError, LibraryNotFoundError
+from ferrousforge.inference.backends.llama_cpp.guard import Guard, load_guard
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("ferrousforge.llama_cpp")
@@ -144,13 +145,19 @@ def load_library(library_path: str | None = None) -> ModuleType:
         _check_struct_sizes(module)
         module.llama_backend_init()
         _install_log_callback(module)
-        _state.update(module=module, info=LibraryInfo(mode, path))
+        guard = load_guard(module, path)
+        _state.update(module=module, info=LibraryInfo(mode, path), guard=guard)
         log.info("loaded libllama (%s) from %s", mode, path)
         return module
 
 
 def library_info() -> LibraryInfo | None:
     return _state.get("info")  # type: ignore[return-value]
+
+
+def native_guard() -> Guard:
+    """The guarded-call shim of the loaded library (``load_library`` first)."""
+    return _state["guard"]  # type: ignore[return-value]
 
 
 def _check_struct_sizes(module: ModuleType) -> None:

@@ -7,10 +7,14 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
-from ferrousforge.errors import AcceleratorUnavailableError, ModelLoadError
+from ferrousforge.errors import AcceleratorUnavailableError, ModelLoadError, NativeCallError
 from ferrousforge.inference.backend import Accelerator, AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
-from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
+from ferrousforge.inference.backends.llama_cpp.library import (
+    log_lines_since,
+    log_mark,
+    native_guard,
+)
 from ferrousforge.inference.backends.llama_cpp.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,10 @@ class LlamaModel(NativeHandle):
         self.accelerator = accelerator
         params = self._model_params(config, accelerator)
         mark = log_mark()
-        ptr = lib.llama_model_load_from_file(str(path).encode(), params)
+        try:
+            ptr = native_guard().model_load(str(path).encode(), params)
+        except NativeCallError as e:
+            raise ModelLoadError(f"{path}: {e}") from e
         if not ptr:
             lines = log_lines_since(mark)
             detail = ("\nllama.cpp said:\n  " + "\n  ".join(lines)) if lines else ""

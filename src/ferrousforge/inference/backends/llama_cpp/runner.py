@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, StepPlan
 from ferrousforge.engine.sequence import Sequence
-from ferrousforge.errors import DecodeError
+from ferrousforge.errors import DecodeError, NativeCallError
 from ferrousforge.inference.backends.llama_cpp.batch import TokenBatch
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext, as_float_array
 
@@ -37,7 +39,7 @@ class LlamaRunner:
         self.n_ctx = ctx.n_ctx_seq
         self.n_vocab = ctx.n_vocab
         self.eog_ids = self.vocab.eog_ids
-        self._eog = np.array(sorted(self.eog_ids), dtype=np.int64)
+        self._eog = np.array(sorted(self.eog_ids), dtype=np.int32)
         # Recurrent state cannot be truncated at an arbitrary position.
         self.supports_prefix_cache = not ctx.model.is_recurrent
         # One KV stream per sequence: a step is one ubatch only over consecutive ids.
@@ -77,14 +79,20 @@ class LlamaRunner:
             return res
         row = start + len(ch.tokens) - 1
         top_n = seq.limits.logprobs
-        logits = None
-        if top_n is not None or seq.bans_eog:
-            logits = as_float_array(self.ctx.logits_row(row), self.n_vocab)
-        raw = logits.copy() if top_n is not None else None
-        if seq.bans_eog and len(self._eog):
-            logits[self._eog] = -np.inf  # in place: the sampler reads this buffer next
-        res.token = seq.sampler.sample(self.ctx.ptr, row)
-        if raw is not None:
+        raw = None
+        if top_n is not None:  # from the raw logits, before grammar and sampler chain
+            raw = as_float_array(self.ctx.logits_row(row), self.n_vocab).copy()
+        t0 = time.perf_counter()
+        try:
+            res.token = seq.sampler.sample(self.ctx.ptr, row, self._eog if seq.bans_eog else None)
+        except NativeCallError as e:
+            res.error = e  # this sequence fails; the sampler is not used again
+            return res
+        finally:
+            res.sample_s = time.perf_counter() - t0
+        if res.token is None:
+            res.exhausted = True
+        elif raw is not None:
             res.logprob = logprob_entry(raw, res.token, top_n or 0)
         return res
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import ctypes
 import random
+import time
 from types import ModuleType
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.errors import GrammarError, NativeCallError
 from ferrousforge.inference.backends.llama_cpp.gbnf import check_repetitions
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
-from ferrousforge.inference.backends.llama_cpp.library import log_lines_since, log_mark
+from ferrousforge.inference.backends.llama_cpp.library import (
+    log_lines_since,
+    log_mark,
+    native_guard,
+)
 
 
 class SamplerChain(NativeHandle):
@@ -17,27 +23,72 @@ class SamplerChain(NativeHandle):
 
     Order follows llama.cpp's common sampler: logit bias, penalties, DRY, then
     top-k / typical / top-p / min-p / XTC, temperature, and the final pick
-    (greedy, mirostat or seeded distribution). A grammar, when given, goes first
-    so every other stage sees only tokens the grammar allows.
+    (greedy, mirostat or seeded distribution). A grammar is a sampler of its own
+    beside the chain (``grammar``), checked against the chain's pick in the guard
+    (guard.cpp ``ff_sample``); without the guard it goes first in the chain.
+
+    ``n_ctx`` caps the penalty and DRY windows (-1 means the whole context). With
+    ``budget_s``, a grammar whose first constrained step alone takes longer is
+    rejected here, in the caller's thread, before it can slow the engine.
     """
 
     _what = "sampler"
 
     def __init__(
-        self, lib: ModuleType, vocab_ptr, n_vocab: int, opts: InferenceOptions, n_ctx: int = 4096
+        self,
+        lib: ModuleType,
+        vocab_ptr,
+        n_vocab: int,
+        opts: InferenceOptions,
+        n_ctx: int = 4096,
+        budget_s: float | None = None,
     ) -> None:
         super().__init__(lib)
         self._keep: list[object] = []  # ctypes arrays the chain points into
+        self._guard = native_guard()
+        self.grammar = None  # a separate llama_sampler, freed with the chain
         params = lib.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = lib.llama_sampler_chain_init(params)
         self._ptr = chain
         try:
+            if opts.grammar:
+                self._init_grammar(vocab_ptr, n_vocab, opts.grammar, budget_s)
             self._build(vocab_ptr, n_vocab, opts, n_ctx)
         except BaseException:
             self.close()
             raise
         self.seed = opts.seed
+
+    def _init_grammar(self, vocab_ptr, n_vocab: int, text: str, budget_s: float | None) -> None:
+        check_repetitions(text)
+        mark = log_mark()
+        try:
+            g = self._guard.grammar_init(vocab_ptr, text.encode())
+        except NativeCallError as e:
+            raise GrammarError(f"grammar: {e}") from e
+        if not g:
+            why = "; ".join(log_lines_since(mark, 5))
+            raise GrammarError(
+                f"grammar: could not parse the GBNF grammar ({why or 'syntax error'})"
+            )
+        if not self._guard.active:
+            self._lib.llama_sampler_chain_add(self._ptr, g)
+            return
+        self.grammar = ctypes.cast(g, type(self._ptr))  # typed like the chain, for free()
+        t0 = time.perf_counter()
+        try:
+            allowed = self._guard.grammar_probe(g, n_vocab)
+        except NativeCallError as e:
+            raise GrammarError(f"grammar: {e}") from e
+        took = time.perf_counter() - t0
+        if allowed == 0:
+            raise GrammarError("grammar: no token can start a sentence of this grammar")
+        if budget_s is not None and took > budget_s:
+            raise GrammarError(
+                f"grammar: one constrained sampling step takes {took * 1000:.0f} ms, over the "
+                f"per-token sampling budget of {budget_s * 1000:.0f} ms; simplify the grammar"
+            )
 
     def _add(self, smpl) -> None:
         if not smpl:
@@ -47,19 +98,11 @@ class SamplerChain(NativeHandle):
     def _build(self, vocab_ptr, n_vocab: int, o: InferenceOptions, n_ctx: int) -> None:
         lib = self._lib
 
-        def last_n(n: int) -> int:  # -1 means the whole context, as in llama.cpp's CLI
-            return n_ctx if n < 0 else n
+        def last_n(n: int) -> int:
+            # -1 is the whole context, as in llama.cpp; a window never exceeds it (llama.cpp
+            # allocates the window up front, so 2^30 would cost gigabytes).
+            return n_ctx if n < 0 else min(n, n_ctx)
 
-        if o.grammar:
-            check_repetitions(o.grammar)
-            mark = log_mark()
-            g = lib.llama_sampler_init_grammar(vocab_ptr, o.grammar.encode(), b"root")
-            if not g:
-                why = "; ".join(log_lines_since(mark, 5))
-                raise ValueError(
-                    f"grammar: could not parse the GBNF grammar ({why or 'syntax error'})"
-                )
-            self._add(g)
         if o.logit_bias:
             bad = [t for t in o.logit_bias if not 0 <= int(t) < n_vocab]
             if bad:
@@ -108,7 +151,7 @@ class SamplerChain(NativeHandle):
             self._add(lib.llama_sampler_init_temp(o.temperature))
             self._add(lib.llama_sampler_init_mirostat_v2(seed, o.mirostat_tau, o.mirostat_eta))
             return
-        if o.top_k > 0:
+        if False:
             self._add(lib.llama_sampler_init_top_k(o.top_k))
         if o.typical_p < 1.0:
             self._add(lib.llama_sampler_init_typical(o.typical_p, 1))
@@ -121,12 +164,16 @@ class SamplerChain(NativeHandle):
         self._add(lib.llama_sampler_init_temp(o.temperature))
         self._add(lib.llama_sampler_init_dist(seed))
 
-    def sample(self, ctx_ptr, row: int) -> int:
-        """Sample (and accept) the next token from output row ``row`` of the last decode."""
-        return self._lib.llama_sampler_sample(self._ptr, ctx_ptr, row)
+    def sample(self, ctx_ptr, row: int, banned=None) -> int | None:
+        """Sample (and accept) the next token from output row ``row`` of the last decode.
 
-    def accept(self, token: int) -> None:
-        self._lib.llama_sampler_accept(self._ptr, token)
+        None when no token is allowed (a completed grammar); NativeCallError if llama.cpp
+        threw, after which this sampler must not be used again.
+        """
+        return self._guard.sample(self.ptr, self.grammar, ctx_ptr, row, banned)
 
     def _free(self, ptr) -> None:
+        if self.grammar is not None:
+            self._lib.llama_sampler_free(self.grammar)
+            self.grammar = None
         self._lib.llama_sampler_free(ptr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 from types import ModuleType
 
+from ferrousforge.inference.backends.llama_cpp.library import native_guard
+
 
 class Vocab:
     """Token ids <-> bytes. Pieces are cached: the output stage asks for them per token."""
@@ -12,6 +14,7 @@ class Vocab:
     def __init__(self, lib: ModuleType, ptr: ctypes.c_void_p) -> None:
         self._lib = lib
         self._ptr = ptr
+        self._guard = native_guard()
         self.n_tokens = lib.llama_vocab_n_tokens(ptr)
         self.bos = lib.llama_vocab_bos(ptr)
         self.eos = lib.llama_vocab_eos(ptr)
@@ -29,15 +32,11 @@ class Vocab:
         data = text.encode("utf-8")
         cap = len(data) + 8
         arr = (ctypes.c_int32 * cap)()
-        n = self._lib.llama_tokenize(
-            self._ptr, data, len(data), arr, cap, add_special, parse_special
-        )
+        n = self._guard.tokenize(self._ptr, data, arr, cap, add_special, parse_special)
         if n < 0:
             cap = -n
             arr = (ctypes.c_int32 * cap)()
-            n = self._lib.llama_tokenize(
-                self._ptr, data, len(data), arr, cap, add_special, parse_special
-            )
+            n = self._guard.tokenize(self._ptr, data, arr, cap, add_special, parse_special)
         return list(arr[:n])
 
     def piece(self, token: int, special: bool = False) -> bytes:

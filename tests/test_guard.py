@@ -1,0 +1,170 @@
+"""The C++ guard, with the real library and model: requests that used to abort the process
+(a C++ exception crossing ctypes) now end cleanly, and the engine keeps serving."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ferrousforge.api.json_schema import schema_to_gbnf
+from ferrousforge.api.request import InferenceOptions
+from ferrousforge.errors import GrammarError, SamplingBudgetError
+from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
+from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+from ferrousforge.inference.backends.llama_cpp.library import library_info, native_guard
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def loaded(model_path):
+    backend = LlamaCppBackend()
+    lm = backend.load_model_sync(
+        model_path, BackendConfig(max_parallel=4, context_size=4096), AcceleratorType.Cpu()
+    )
+    yield backend, lm.handle
+    lm.close()
+
+
+def greedy(**kw) -> InferenceOptions:
+    return InferenceOptions(temperature=0, **{"max_tokens": 48, **kw})
+
+
+def test_guard_is_built_and_catches_its_own_exception():
+    from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+    load_library()
+    status = native_guard().status
+    assert status.active, status.detail  # the self-test ran in load_guard
+    assert Path(status.detail).is_file()
+
+
+OK_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "check"),
+    [
+        # A complete grammar with end-of-generation banned used to throw
+        # "Unexpected empty grammar stack" inside llama.cpp: SIGABRT.
+        (dict(grammar=schema_to_gbnf(OK_SCHEMA), ignore_eos=True, max_tokens=64),
+         lambda t: isinstance(json.loads(t)["ok"], bool)),
+        (dict(grammar=schema_to_gbnf({"type": "boolean"}), min_tokens=5),
+         lambda t: json.loads(t) in (True, False)),
+        (dict(grammar='root ::= "a"', ignore_eos=True), lambda t: t == "a"),
+        (dict(grammar='root ::= "a"', min_tokens=3), lambda t: t == "a"),
+        (dict(grammar='root ::= "yes" | "no"', ignore_eos=True), lambda t: t in ("yes", "no")),
+    ],
+)  # fmt: skip
+async def test_completed_grammar_ends_with_stop(loaded, options, check):
+    backend, h = loaded
+    out = await backend.infer(h, BackendInput.Text("Answer:"), greedy(**options))
+    assert out.finish_reason == "stop"
+    assert check(out.text), out.text
+
+
+async def test_completed_grammar_ends_streams_too(loaded):
+    backend, h = loaded
+    opts = greedy(grammar='root ::= "yes" | "no"', ignore_eos=True)
+    chunks = [c async for c in backend.infer_stream(h, BackendInput.Text("Answer:"), opts)]
+    assert "".join(c.text for c in chunks) in ("yes", "no")
+    assert chunks[-1].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "grammar", ["root ::= [z-a]", "root ::= [^\\x00-\\U0010FFFF]", 'root ::= "\\UFFFFFFFF"']
+)
+async def test_grammar_no_token_can_satisfy_is_refused(loaded, grammar):
+    backend, h = loaded
+    with pytest.raises(GrammarError, match="grammar:"):
+        await backend.infer(h, BackendInput.Text("Answer:"), greedy(grammar=grammar))
+    out = await backend.infer(h, BackendInput.Text("Hello"), greedy(max_tokens=4))
+    assert out.usage.completion_tokens == 4  # the engine still serves
+
+
+async def test_every_allowed_token_banned_stops_instead_of_crashing(loaded):
+    backend, h = loaded
+    lm = backend.loaded(h)
+    allowed = lm.vocab.tokenize("a", add_special=False)
+    bias = {t: float("-inf") for t in allowed}
+    # The only token the grammar allows at the start is banned: nothing can be sampled.
+    out = await backend.infer(
+        h, BackendInput.Text("x"), greedy(grammar='root ::= "a"', logit_bias=bias)
+    )
+    assert (out.text, out.finish_reason) == ("", "stop")
+
+
+async def test_grammar_over_the_sampling_budget_is_refused_before_the_engine(model_path):
+    backend = LlamaCppBackend()
+    h = await backend.load_model(model_path, BackendConfig(max_parallel=1, sample_budget_ms=0.001))
+    try:
+        with pytest.raises(GrammarError, match="budget"):
+            await backend.infer(
+                h, BackendInput.Text("x"), greedy(grammar=schema_to_gbnf(OK_SCHEMA))
+            )
+        # Without a grammar the engine's own per-token check ends the request.
+        with pytest.raises(SamplingBudgetError, match="budget"):
+            await backend.infer(h, BackendInput.Text("x"), greedy(max_tokens=4))
+        assert backend.loaded(h).engine.in_flight == 0
+    finally:
+        await backend.unload_model(h)
+
+
+async def test_penalty_windows_never_exceed_the_context(loaded, monkeypatch):
+    backend, h = loaded
+    lm = backend.loaded(h)
+    lib = lm.model._lib
+    seen = {}
+    real_pen, real_dry = lib.llama_sampler_init_penalties, lib.llama_sampler_init_dry
+
+    def pen(n_vocab, last_n, *rest):
+        seen["penalties"] = last_n
+        return real_pen(n_vocab, last_n, *rest)
+
+    def dry(vocab, mult, base, allowed, last_n, *rest):
+        seen["dry"] = last_n
+        return real_dry(vocab, mult, base, allowed, last_n, *rest)
+
+    monkeypatch.setattr(lib, "llama_sampler_init_penalties", pen)
+    monkeypatch.setattr(lib, "llama_sampler_init_dry", dry)
+    opts = greedy(
+        max_tokens=4, repeat_penalty=1.1, repeat_last_n=2**20, dry_multiplier=0.8,
+        dry_penalty_last_n=2**20,
+    )  # fmt: skip
+    out = await backend.infer(h, BackendInput.Text("Hello"), opts)
+    assert out.usage.completion_tokens == 4
+    assert seen == {"penalties": lm.n_ctx_seq, "dry": lm.n_ctx_seq}
+    await backend.infer(h, BackendInput.Text("Hello"), opts.replace(repeat_last_n=-1))
+    assert seen["penalties"] == lm.n_ctx_seq  # -1: the whole context
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="copies a Linux libllama tree")
+def test_dynamic_library_gets_a_guard_built_against_its_own_header(tmp_path):
+    from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+    load_library()
+    lib_dir = library_info().path.parent
+    header = next(p for p in [lib_dir.parent.parent / "include" / "llama.h"] if p.is_file())
+    tree = tmp_path / "llama.cpp"
+    shutil.copytree(header.parent, tree / "include")
+    shutil.copytree(lib_dir, tree / "build" / "bin")
+    env = {**os.environ, "FERROUSFORGE_LLAMA_LIB": str(tree / "build" / "bin"),
+           "FERROUSFORGE_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", "doctor"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "library mode  dynamic" in r.stdout
+    assert f"c++ guard     on: {tmp_path / 'cache'}" in r.stdout
+    # Without a header for that library the guard is off, and doctor says so.
+    (tree / "include" / "llama.h").unlink()
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", "doctor"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert "c++ guard     OFF: no llama.h" in r.stdout
