@@ -277,19 +277,21 @@ async def test_bad_model_files_raise_model_load_error(tmp_path, model_path, make
 
 
 async def test_file_llama_cpp_rejects_carries_its_log_lines(tmp_path):
-    # A valid header with no tensors and no hyperparameters passes our checks; llama.cpp refuses it.
+    # A valid header with one tensor and no hyperparameters passes our checks; llama.cpp refuses it.
     def s(x: str) -> bytes:
         return struct.pack("<Q", len(x)) + x.encode()
 
     head = (
         b"GGUF"
-        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<IQQ", 3, 1, 1)
         + s("general.architecture")
         + struct.pack("<I", 8)
         + s("llama")
+        + s("w")
+        + struct.pack("<IQQIQ", 2, 32, 2, 0, 0)  # F32 [32, 2] at offset 0: 256 bytes
     )
     path = tmp_path / "empty.gguf"
-    path.write_bytes(head + b"\0" * (32 - len(head) % 32))
+    path.write_bytes(head + b"\0" * (32 - len(head) % 32) + b"\0" * 256)
     with pytest.raises(ModelLoadError, match="llama.cpp failed to load the model") as err:
         await LlamaCppBackend().load_model(path)
     assert "llama.cpp said" in str(err.value)
