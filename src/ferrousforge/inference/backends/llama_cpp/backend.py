@@ -228,6 +228,32 @@ class LlamaCppBackend:
             raise
         return streams
 
+    async def _prepare(
+        self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions
+    ) -> tuple[list[list[int]], list[RequestStream]]:
+        """Tokenize and submit in a worker thread: a chat template, a large grammar or a long
+        list of DRY breakers then delays only this call, never the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def build() -> tuple[list[list[int]], list[RequestStream]]:
+            prompts = [self.prompt_ids(handle, i) for i in inputs]
+            streams: list[RequestStream] = []
+            try:
+                for ids in prompts:
+                    streams.extend(self.submit(handle, ids, options, loop=loop))
+            except BaseException:
+                for st in streams:
+                    st.abort()
+                raise
+            return prompts, streams
+
+        built = loop.run_in_executor(None, build)
+        try:
+            return await asyncio.shield(built)
+        except asyncio.CancelledError:
+            built.add_done_callback(_abort_when_built)  # the caller left: free what it built
+            raise
+
     async def infer_stream(
         self, handle: ModelHandle, input: Input, options: InferenceOptions | None = None
     ) -> AsyncIterator[BackendOutput.Chunk]:
@@ -236,8 +262,7 @@ class LlamaCppBackend:
         Breaking out of the loop or cancelling the task frees the slot within one step.
         """
         options = options or InferenceOptions()
-        ids = self.prompt_ids(handle, input)
-        (stream,) = self.submit(handle, ids, options)
+        (ids,), (stream,) = await self._prepare(handle, [input], options)
         vocab = self.loaded(handle).vocab
         try:
             async for out in stream:
@@ -250,8 +275,7 @@ class LlamaCppBackend:
     ) -> BackendOutput.Text:
         """Generate a whole completion."""
         options = options or InferenceOptions()
-        ids = self.prompt_ids(handle, input)
-        (stream,) = self.submit(handle, ids, options)
+        (ids,), (stream,) = await self._prepare(handle, [input], options)
         return await collect(stream, self.loaded(handle).vocab, ids, options)
 
     async def infer_batch(
@@ -259,11 +283,8 @@ class LlamaCppBackend:
     ) -> list[BackendOutput.Text]:
         """Generate for every input together: each engine step decodes all of them at once."""
         options = options or InferenceOptions()
-        prompts = [self.prompt_ids(handle, i) for i in inputs]
-        streams: list[RequestStream] = []
+        prompts, streams = await self._prepare(handle, inputs, options)
         try:
-            for ids in prompts:
-                streams.extend(self.submit(handle, ids, options))
             vocab = self.loaded(handle).vocab
             return list(
                 await asyncio.gather(
@@ -276,6 +297,12 @@ class LlamaCppBackend:
         finally:
             for s in streams:
                 s.abort()
+
+
+def _abort_when_built(built: asyncio.Future) -> None:
+    if not built.cancelled() and built.exception() is None:
+        for stream in built.result()[1]:
+            stream.abort()
 
 
 def _token_logprobs(entries: list[LogprobEntry] | None, vocab) -> list[TokenLogprob] | None:

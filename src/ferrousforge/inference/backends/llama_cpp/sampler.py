@@ -9,7 +9,7 @@ from types import ModuleType
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.errors import GrammarError, NativeCallError
-from ferrousforge.inference.backends.llama_cpp.gbnf import check_repetitions
+from ferrousforge.inference.backends.llama_cpp.gbnf import check_grammar
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import (
     log_lines_since,
@@ -61,7 +61,7 @@ class SamplerChain(NativeHandle):
         self.seed = opts.seed
 
     def _init_grammar(self, vocab_ptr, n_vocab: int, text: str, budget_s: float | None) -> None:
-        check_repetitions(text)
+        check_grammar(text)
         mark = log_mark()
         try:
             g = self._guard.grammar_init(vocab_ptr, text.encode())
