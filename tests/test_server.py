@@ -498,7 +498,7 @@ def test_tokenize_detokenize_and_info(server: Server) -> None:
         info = h.get("/tokenizer_info").json()
         assert info["vocab_size"] > 1000 and info["eos_token_id"] in info["eog_token_ids"]
         assert h.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
-        _error(h.post("/tokenize", json={}), 400)
+        assert h.post("/tokenize", json={}).json()["tokens"] == []  # as llama-server
 
 
 def test_health_is_503_until_the_model_loads(tmp_path) -> None:

@@ -15,6 +15,7 @@ from ferrousforge import __version__
 from ferrousforge.api.auth import APIKeyMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
+from ferrousforge.api.openapi import install_openapi
 from ferrousforge.api.routes import ServerState, router
 from ferrousforge.models.registry import ModelRegistry, ModelSpec
 from ferrousforge.settings import ServerSettings
@@ -69,6 +70,7 @@ def create_app(
     app.state.ff = st
     app.include_router(router)
     install_error_handlers(app)
+    install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the
     # body limit, then the API key.
     if settings.api_key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,13 @@ from ferrousforge.api.options import (
     plan_generation,
     seq_context,
 )
-from ferrousforge.api.schemas import ChatCompletionRequest, ChatMessage, ResponseFormat
+from ferrousforge.api.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    JSONObjectFormat,
+    JSONSchemaFormat,
+    ResponseFormat,
+)
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
 from ferrousforge.inference.backend import BackendInput
@@ -28,17 +35,12 @@ from ferrousforge.settings import ServerSettings
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the template expects them; content parts flattened to text."""
+    """Messages as the template expects them; text parts joined into one string."""
     out = []
-    for i, m in enumerate(messages):
+    for m in messages:
         d = m.model_dump(exclude_none=True)
         if isinstance(m.content, list):
-            texts = []
-            for part in m.content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError(f"messages[{i}].content: only text parts are supported")
-                texts.append(part["text"])
-            d["content"] = "".join(texts)
+            d["content"] = "".join(part.text for part in m.content)
         d.setdefault("content", "")
         out.append(d)
     return out
@@ -46,14 +48,23 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
     """The grammar that makes output match response_format (None for plain text)."""
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_schema":
-        schema = fmt.json_schema.schema_ if fmt.json_schema else None
-        if schema is None:
-            raise ValueError("response_format: json_schema.schema is required")
-        return schema_to_gbnf(schema)
-    return schema_to_gbnf(fmt.schema_) if fmt.schema_ else json_object_gbnf()
+    if isinstance(fmt, JSONSchemaFormat):
+        return schema_to_gbnf(fmt.json_schema.schema_)
+    if isinstance(fmt, JSONObjectFormat):
+        return schema_to_gbnf(fmt.schema_) if fmt.schema_ else json_object_gbnf()
+    return None
+
+
+def prompt_of(
+    req_messages: list[ChatMessage],
+    backend: LlamaCppBackend,
+    lm: LoadedModel,
+    chat_template: str | None,
+) -> Prompt:
+    """The rendered conversation and its ids: what generation and /tokenize both count."""
+    chat = BackendInput.Chat(message_dicts(req_messages), chat_template=chat_template)
+    text = backend.render_chat(lm.handle, chat)
+    return Prompt(text, backend.tokenize(lm.handle, text))
 
 
 def start(
@@ -63,16 +74,16 @@ def start(
     model_id: str,
     settings: ServerSettings,
     chat_template: str | None,
+    loop: asyncio.AbstractEventLoop,
 ) -> Job:
+    """Render, tokenize and submit a request (blocking: run it through ``prepare``)."""
     if req.tools and req.tool_choice != "none":
         raise ValueError("tools: function calling is not supported")
-    grammar = grammar_for(req.response_format)
-    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=chat_template)
-    text = backend.render_chat(lm.handle, chat)
-    prompt = Prompt(text, backend.tokenize(lm.handle, text))
-    top = req.top_logprobs if req.top_logprobs is not None else 0
     if req.top_logprobs is not None and not req.logprobs:
         raise ValueError("top_logprobs: requires logprobs to be true")
+    grammar = grammar_for(req.response_format)
+    prompt = prompt_of(req.messages, backend, lm, chat_template)
+    top = req.top_logprobs if req.top_logprobs is not None else 0
 
     def plan_for(p: Prompt) -> GenerationPlan:
         mt = max_tokens_for(
@@ -86,7 +97,7 @@ def start(
             req, max_tokens=mt, grammar=grammar, logprobs=top if req.logprobs else None
         )
 
-    streams, plan = submit(backend, lm, [prompt], plan_for, req.n)
+    streams, plan = submit(backend, lm, [prompt], plan_for, req.n, loop)
     return Job(model_id, lm, [prompt], streams, plan, req.n)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -81,16 +82,33 @@ def read_prompts(
     return out
 
 
+def check_capacity(lm: LoadedModel, n_prompts: int, n: int) -> None:
+    """More sequences than slots plus queue can never be admitted: 400, not a 503 to retry."""
+    limit = lm.engine.runner.n_slots + lm.engine.max_waiting
+    if n_prompts * n > limit:
+        asked = f"{n_prompts} prompts x n={n}" if n_prompts > 1 else f"n={n}"
+        raise ValueError(
+            f"n: {asked} asks for {n_prompts * n} sequences; this server takes at most {limit} "
+            f"at once (parallel {lm.engine.runner.n_slots} + max_waiting {lm.engine.max_waiting})"
+        )
+
+
 def submit(
-    backend: LlamaCppBackend, lm: LoadedModel, prompts: list[Prompt], plan_for, n: int
+    backend: LlamaCppBackend,
+    lm: LoadedModel,
+    prompts: list[Prompt],
+    plan_for,
+    n: int,
+    loop: asyncio.AbstractEventLoop,
 ) -> tuple[list[RequestStream], GenerationPlan]:
     """Submit every prompt's n choices; on any failure abort what was already queued."""
+    check_capacity(lm, len(prompts), n)
     streams: list[RequestStream] = []
     plan = None
     try:
         for p in prompts:
             plan = plan_for(p)
-            streams.extend(backend.submit(lm.handle, p.ids, plan.options, n=n))
+            streams.extend(backend.submit(lm.handle, p.ids, plan.options, n=n, loop=loop))
     except BaseException:
         for s in streams:
             s.abort()
@@ -99,15 +117,35 @@ def submit(
     return streams, plan
 
 
+async def prepare(start: Callable[[asyncio.AbstractEventLoop], Job]) -> Job:
+    """Run ``start`` (template, tokenizer, grammar, sampler chains) in a worker thread.
+
+    An expensive setup then delays only its own request, not the event loop. If the caller
+    is cancelled meanwhile, the job is aborted as soon as the thread has built it.
+    """
+    loop = asyncio.get_running_loop()
+    built = loop.run_in_executor(None, start, loop)
+    try:
+        return await asyncio.shield(built)
+    except asyncio.CancelledError:
+        built.add_done_callback(_abort_when_built)
+        raise
+
+
+def _abort_when_built(built: asyncio.Future[Job]) -> None:
+    if not built.cancelled() and built.exception() is None:
+        built.result().abort()
+
+
 def start(
     req: CompletionRequest,
     backend: LlamaCppBackend,
     lm: LoadedModel,
     model_id: str,
     settings: ServerSettings,
+    loop: asyncio.AbstractEventLoop,
 ) -> Job:
-    if req.suffix:
-        raise ValueError("suffix: is not supported")
+    """Tokenize and submit a request (blocking: run it through ``prepare``)."""
     if req.best_of is not None and req.best_of != req.n:
         raise ValueError("best_of: only best_of == n is supported")
     prompts = read_prompts(backend, lm, req.prompt)
@@ -123,7 +161,7 @@ def start(
         )
         return plan_generation(req, max_tokens=mt, logprobs=req.logprobs, echo_logprobs=echo_lps)
 
-    streams, plan = submit(backend, lm, prompts, plan_for, req.n)
+    streams, plan = submit(backend, lm, prompts, plan_for, req.n, loop)
     return Job(model_id, lm, prompts, streams, plan, req.n)
 
 

@@ -16,9 +16,12 @@ from ferrousforge.errors import (
     ContextOverflowError,
     EngineOverloadedError,
     EngineStoppedError,
+    GrammarError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NativeCallError,
     RequestTooLargeError,
+    SamplingBudgetError,
 )
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
     (ModelNotReadyError, 503, "server_error", "model_loading"),
     (EngineStoppedError, 503, "server_error", "engine_stopped"),
     (ChatTemplateError, 400, "invalid_request_error", "chat_template_error"),
+    (GrammarError, 400, "invalid_request_error", "invalid_grammar"),
+    (SamplingBudgetError, 400, "invalid_request_error", "sampling_budget_exceeded"),
+    (NativeCallError, 500, "server_error", "llama_cpp_error"),
     (ValueError, 400, "invalid_request_error", None),
 ]
 
@@ -70,13 +76,40 @@ def error_response(exc: BaseException) -> JSONResponse:
     )
 
 
+def _is_union_tag(part: object) -> bool:
+    """pydantic names the union member an error came from ('list[int]', 'TextPart'...)."""
+    return isinstance(part, str) and (
+        "[" in part or "-" in part or part[:1].isupper() or part in _TYPE_TAGS
+    )
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _most_telling(errors: list[dict]) -> dict:
+    """Of a union's failed members, the error that says most: a broken constraint before a
+    wrong type, then the deepest (``[[false]]`` is about an integer, not a string)."""
+    return min(
+        errors,
+        key=lambda e: (str(e.get("type", "")).endswith("_type"), -len(e.get("loc", ()))),
+    )
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}", None
+    errors = list(exc.errors())
+    if not errors:
+        return "invalid request", None
+    if errors[0].get("type") == "json_invalid":
+        return f"request body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}", None
+    field = errors[0].get("loc", ())[:2]  # ("body", name): stay with the first bad field
+    first = _most_telling([e for e in errors if e.get("loc", ())[:2] == field])
+    loc: list[str] = []
+    for p in first.get("loc", ()):
+        if p == "body" or _is_union_tag(p) or (loc and loc[-1] == str(p)):
+            continue
+        loc.append(str(p))
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
 
 

@@ -6,10 +6,104 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+INT32_MAX = 2**31 - 1  # llama.cpp takes these counts as int32
+MAX_WINDOW = 1 << 20  # penalty windows; the sampler also caps them at the context
+MAX_SEED = 2**32 - 1  # llama.cpp seeds are uint32
+MAX_STOP = 16  # stop strings per request
+MAX_STOP_CHARS = 1024
+MAX_LOGIT_BIAS = 1024  # logit_bias entries per request
+MAX_BIAS = 100.0  # |bias| as OpenAI; the library also takes -inf (ban)
+MAX_BREAKERS = 32  # each costs a scan of the vocabulary when the sampler is built
+MAX_BREAKER_CHARS = 40  # llama.cpp's DRY cuts longer breakers at 40 characters
+MAX_LOGPROBS = 20
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A closed numeric range (open at the bottom when ``lo_open``), shared with the HTTP schema."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        low_ok = v > self.lo if self.lo_open else v >= self.lo
+        return low_ok and v <= self.hi and math.isfinite(v)
+
+    @property
+    def rule(self) -> str:
+        return f"{'>' if self.lo_open else '>='} {_num(self.lo)} and <= {_num(self.hi)}"
+
+    def field(self) -> dict[str, float]:
+        """Keyword arguments for pydantic's Field (ge/gt, le)."""
+        return {"gt" if self.lo_open else "ge": self.lo, "le": self.hi}
+
+
+# Every numeric option's range: InferenceOptions.validate and the request schemas use these.
+BOUNDS: dict[str, Bound] = {
+    "max_tokens": Bound(0, INT32_MAX),
+    "temperature": Bound(0, 2),
+    "top_k": Bound(0, INT32_MAX),
+    "top_p": Bound(0, 1),
+    "min_p": Bound(0, 1),
+    "typical_p": Bound(0, 1, lo_open=True),
+    "repeat_penalty": Bound(0, 100, lo_open=True),
+    "repeat_last_n": Bound(-1, MAX_WINDOW),
+    "presence_penalty": Bound(-2, 2),
+    "frequency_penalty": Bound(-2, 2),
+    "seed": Bound(0, MAX_SEED),
+    "min_tokens": Bound(0, INT32_MAX),
+    "mirostat": Bound(0, 2),
+    "mirostat_tau": Bound(0, 100, lo_open=True),
+    "mirostat_eta": Bound(0, 1, lo_open=True),
+    "dry_multiplier": Bound(0, 100),
+    "dry_base": Bound(1, 100),
+    "dry_allowed_length": Bound(0, MAX_WINDOW),
+    "dry_penalty_last_n": Bound(-1, MAX_WINDOW),
+    "xtc_probability": Bound(0, 1),
+    "xtc_threshold": Bound(0, 1),
+    "logprobs": Bound(0, MAX_LOGPROBS),
+}
+_INTS = {
+    "max_tokens",
+    "top_k",
+    "repeat_last_n",
+    "seed",
+    "min_tokens",
+    "mirostat",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "logprobs",
+}
+
 
 def _check(cond: bool, name: str, rule: str) -> None:
     if not cond:
         raise ValueError(f"{name}: must be {rule}")
+
+
+def _check_number(name: str, value: object) -> None:
+    if value is None and name in ("max_tokens", "seed", "logprobs"):
+        return
+    bound = BOUNDS[name]
+    if name in _INTS:
+        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer")
+    else:
+        _check(isinstance(value, int | float) and not isinstance(value, bool), name, "a number")
+    _check(bound.holds(value), name, bound.rule)  # type: ignore[arg-type]
+
+
+def _check_strings(name: str, items: list[str], count: int, chars: int) -> None:
+    _check(len(items) <= count, name, f"at most {count} strings")
+    _check(
+        all(isinstance(s, str) and 0 < len(s) <= chars for s in items),
+        name,
+        f"non-empty strings of at most {chars} characters",
+    )
 
 
 @dataclass(slots=True)
@@ -55,43 +149,29 @@ class InferenceOptions:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        _check(self.max_tokens is None or self.max_tokens >= 0, "max_tokens", ">= 0")
-        _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature", ">= 0")
-        _check(self.top_k >= 0, "top_k", ">= 0 (0 disables)")
-        _check(0.0 <= self.top_p <= 1.0, "top_p", "between 0 and 1")
-        _check(0.0 <= self.min_p <= 1.0, "min_p", "between 0 and 1")
-        _check(0.0 < self.typical_p <= 1.0, "typical_p", "in (0, 1]")
-        _check(
-            self.repeat_penalty > 0 and math.isfinite(self.repeat_penalty), "repeat_penalty", "> 0"
-        )
-        _check(self.repeat_last_n >= -1, "repeat_last_n", ">= -1")
-        _check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "between -2 and 2")
-        _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "between -2 and 2")
-        _check(self.seed is None or self.seed >= 0, "seed", ">= 0")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings")
-        _check(len(self.stop) <= 16, "stop", "at most 16 strings")
-        _check(self.min_tokens >= 0, "min_tokens", ">= 0")
+        """Raise ValueError naming the first invalid field (bounds: ``BOUNDS`` and MAX_*)."""
+        for name in BOUNDS:
+            _check_number(name, getattr(self, name))
+        _check_strings("stop", self.stop, MAX_STOP, MAX_STOP_CHARS)
         _check(
             self.max_tokens is None or self.min_tokens <= self.max_tokens,
             "min_tokens",
             "<= max_tokens",
         )
         _check(
-            all(math.isfinite(b) or b == -math.inf for b in self.logit_bias.values()),
+            len(self.logit_bias) <= MAX_LOGIT_BIAS,
             "logit_bias",
-            "finite numbers or -inf",
+            f"at most {MAX_LOGIT_BIAS} entries",
+        )
+        _check(
+            all(abs(b) <= MAX_BIAS or b == -math.inf for b in self.logit_bias.values()),
+            "logit_bias",
+            f"between -{MAX_BIAS:g} and {MAX_BIAS:g} (or -inf)",
         )
         _check(self.mirostat in (0, 1, 2), "mirostat", "0, 1 or 2")
-        _check(self.mirostat_tau > 0, "mirostat_tau", "> 0")
-        _check(self.mirostat_eta > 0, "mirostat_eta", "> 0")
-        _check(self.dry_multiplier >= 0, "dry_multiplier", ">= 0")
-        _check(self.dry_base >= 1.0, "dry_base", ">= 1")
-        _check(self.dry_allowed_length >= 0, "dry_allowed_length", ">= 0")
-        _check(self.dry_penalty_last_n >= -1, "dry_penalty_last_n", ">= -1")
-        _check(0.0 <= self.xtc_probability <= 1.0, "xtc_probability", "between 0 and 1")
-        _check(0.0 <= self.xtc_threshold <= 1.0, "xtc_threshold", "between 0 and 1")
-        _check(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "between 0 and 20")
+        _check_strings(
+            "dry_sequence_breakers", self.dry_sequence_breakers, MAX_BREAKERS, MAX_BREAKER_CHARS
+        )
         _check(self.grammar is None or bool(self.grammar.strip()), "grammar", "a non-empty GBNF")
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ferrousforge.api import chat, completions
 from ferrousforge.api.auth import presented_key
 from ferrousforge.api.metrics import render_metrics
+from ferrousforge.api.openapi import ERROR_RESPONSES, streaming
 from ferrousforge.api.options import seq_context
 from ferrousforge.api.schemas import (
     ChatCompletionRequest,
@@ -20,7 +22,6 @@ from ferrousforge.api.schemas import (
     TokenizeRequest,
 )
 from ferrousforge.errors import ModelNotReadyError
-from ferrousforge.inference.backend import BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
 from ferrousforge.models.registry import ModelRegistry
 from ferrousforge.settings import ServerSettings
@@ -49,20 +50,24 @@ def model_for(request: Request, name: str | None) -> tuple[str, LoadedModel]:
     return spec.id, st.registry.get(spec.id)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=streaming("A completion, or its SSE chunks"))
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     st = state(request)
     mid, lm = model_for(request, body.model)
-    job = completions.start(body, st.registry.backend, lm, mid, st.settings)
+    job = await completions.prepare(
+        lambda loop: completions.start(body, st.registry.backend, lm, mid, st.settings, loop)
+    )
     return await _respond(job, completions.respond(body, job, request), body.stream)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=streaming("A chat completion, or its SSE chunks"))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     st = state(request)
     mid, lm = model_for(request, body.model)
     template = st.registry.spec(mid).chat_template
-    job = chat.start(body, st.registry.backend, lm, mid, st.settings, template)
+    job = await completions.prepare(
+        lambda loop: chat.start(body, st.registry.backend, lm, mid, st.settings, template, loop)
+    )
     return await _respond(job, chat.respond(body, job, request), body.stream)
 
 
@@ -94,13 +99,13 @@ def _model_card(st: ServerState, mid: str) -> dict:
     return card
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> dict:
     st = state(request)
     return {"object": "list", "data": [_model_card(st, s.id) for s in st.registry.specs]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
 async def get_model(model_id: str, request: Request) -> dict:
     st = state(request)
     return _model_card(st, st.registry.spec(model_id).id)
@@ -125,43 +130,46 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
 async def metrics(request: Request) -> Response:
+    """Prometheus text format (not JSON)."""
     return PlainTextResponse(
         render_metrics(dict(state(request).registry.loaded)), media_type="text/plain; version=0.0.4"
     )
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
+    """Token ids of a text or of a chat, exactly as generation counts them."""
     st = state(request)
     mid, lm = model_for(request, body.model)
     backend = st.registry.backend
-    if body.messages is not None:
-        msgs = chat.message_dicts(body.messages)
-        text = backend.render_chat(
-            lm.handle, BackendInput.Chat(msgs, chat_template=st.registry.spec(mid).chat_template)
-        )
-    else:
+
+    def ids_of() -> list[int]:
+        if body.messages is not None:
+            template = st.registry.spec(mid).chat_template
+            return chat.prompt_of(body.messages, backend, lm, template).ids
         text = body.content if body.content is not None else body.prompt
         if text is None:
-            raise ValueError("content: one of content, prompt or messages is required")
-    ids = lm.vocab.tokenize(text, add_special=body.add_special, parse_special=True)
+            return []  # nothing to tokenize, as llama-server answers
+        return backend.tokenize(lm.handle, text, add_special=body.add_special)
+
+    ids = await asyncio.to_thread(ids_of)
     tokens: list = ids
     if body.with_pieces:
         tokens = [{"id": t, "piece": lm.vocab.token_text(t)} for t in ids]
     return {"tokens": tokens, "count": len(ids), "max_model_len": seq_context(lm)}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
     _, lm = model_for(request, body.model)
     lm.vocab.check_ids(body.tokens, "tokens")
-    text = lm.vocab.detokenize(body.tokens)
+    text = await asyncio.to_thread(lm.vocab.detokenize, body.tokens)
     return {"content": text, "prompt": text}
 
 
-@router.get("/tokenizer_info")
+@router.get("/tokenizer_info", responses=ERROR_RESPONSES)
 async def tokenizer_info(request: Request, model: str | None = None) -> dict:
     mid, lm = model_for(request, model)
     v = lm.vocab

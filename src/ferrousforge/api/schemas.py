@@ -1,128 +1,241 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic), with llama.cpp's extras.
 
-Unknown fields are ignored, as OpenAI clients send many (user, metadata, store...).
-Sampling fields left unset take InferenceOptions' defaults.
+Every number and list has a bound (docs/server.md lists them; the numeric ones are
+``request.BOUNDS``, shared with InferenceOptions). Integers and booleans are strict: ``true``
+is not a token id. Harmless unknown fields (user, metadata, store...) are ignored, as OpenAI
+clients send many; fields that would change the output but are not supported are declared
+null-only, so they are a 400 rather than silently ignored. Sampling fields left unset take
+InferenceOptions' defaults.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
+
+from ferrousforge.api.request import (
+    BOUNDS,
+    INT32_MAX,
+    MAX_BIAS,
+    MAX_BREAKER_CHARS,
+    MAX_BREAKERS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+)
+
+MAX_N = 16  # choices per prompt
+MAX_TEXT_CHARS = 1 << 24  # any one text; --max-body-bytes usually binds first
+MAX_PROMPTS = 256  # prompts in one /v1/completions request
+MAX_PROMPT_TOKENS = 1 << 20  # token ids in one prompt (or one /detokenize call)
+MAX_MESSAGES = 4096
+MAX_TOOLS = 128
+MAX_NAME_CHARS = 256
+
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+NonEmptyText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_TOKENS)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Breaker = Annotated[str, Field(min_length=1, max_length=MAX_BREAKER_CHARS)]
+Bias = Annotated[StrictFloat, Field(ge=-MAX_BIAS, le=MAX_BIAS)]
 
 
-class SamplingFields(BaseModel):
+def _bounded(name: str) -> Any:
+    """Field(None, ge/gt=..., le=...) from the option's shared Bound."""
+    return Field(None, **BOUNDS[name].field())
+
+
+def _unsupported(what: str) -> Any:
+    """A type that accepts only null: anything else is a 400 naming the field, never ignored."""
+
+    def reject(value: object) -> None:
+        if value is not None:
+            raise ValueError(f"{what} is not supported")
+
+    return Annotated[None, BeforeValidator(reject), Field(description=f"not supported: {what}")]
+
+
+NoFunctionCalling = _unsupported("function calling")
+NoAudio = _unsupported("audio output")
+NoPrediction = _unsupported("predicted outputs")
+NoWebSearch = _unsupported("web search")
+NoSuffix = _unsupported("suffix (insertion)")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class SamplingFields(_Body):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=16)
-    stream: bool = False
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    max_tokens: StrictInt | None = _bounded("max_tokens")
+    max_completion_tokens: StrictInt | None = _bounded("max_tokens")
+    temperature: StrictFloat | None = _bounded("temperature")
+    top_p: StrictFloat | None = _bounded("top_p")
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
+    seed: StrictInt | None = _bounded("seed")
+    presence_penalty: StrictFloat | None = _bounded("presence_penalty")
+    frequency_penalty: StrictFloat | None = _bounded("frequency_penalty")
+    logit_bias: (
+        Annotated[
+            dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Bias],
+            Field(max_length=MAX_LOGIT_BIAS),
+        ]
+        | None
+    ) = None
     # llama.cpp extras
-    top_k: int | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    min_tokens: int | None = None
-    ignore_eos: bool | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    grammar: str | None = None
-    dry_multiplier: float | None = None
-    dry_base: float | None = None
-    dry_allowed_length: int | None = None
-    dry_penalty_last_n: int | None = None
-    dry_sequence_breakers: list[str] | None = None
-    xtc_probability: float | None = None
-    xtc_threshold: float | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    include_usage: bool = False
-
-
-SamplingFields.model_rebuild()
+    top_k: StrictInt | None = _bounded("top_k")
+    min_p: StrictFloat | None = _bounded("min_p")
+    typical_p: StrictFloat | None = _bounded("typical_p")
+    repeat_penalty: StrictFloat | None = _bounded("repeat_penalty")
+    repeat_last_n: StrictInt | None = _bounded("repeat_last_n")
+    min_tokens: StrictInt | None = _bounded("min_tokens")
+    ignore_eos: StrictBool | None = None
+    mirostat: StrictInt | None = _bounded("mirostat")
+    mirostat_tau: StrictFloat | None = _bounded("mirostat_tau")
+    mirostat_eta: StrictFloat | None = _bounded("mirostat_eta")
+    grammar: NonEmptyText | None = None
+    dry_multiplier: StrictFloat | None = _bounded("dry_multiplier")
+    dry_base: StrictFloat | None = _bounded("dry_base")
+    dry_allowed_length: StrictInt | None = _bounded("dry_allowed_length")
+    dry_penalty_last_n: StrictInt | None = _bounded("dry_penalty_last_n")
+    dry_sequence_breakers: Annotated[list[Breaker], Field(max_length=MAX_BREAKERS)] | None = None
+    xtc_probability: StrictFloat | None = _bounded("xtc_probability")
+    xtc_threshold: StrictFloat | None = _bounded("xtc_threshold")
 
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
-    best_of: int | None = Field(None, ge=1)
-    suffix: str | None = None
+    prompt: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    )
+    echo: StrictBool = False
+    logprobs: StrictInt | None = _bounded("logprobs")
+    best_of: StrictInt | None = Field(None, ge=1, le=MAX_N, description="must equal n")
+    suffix: NoSuffix = None
 
 
-class JSONSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+class JSONSchemaSpec(_Body):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
 
-    name: str = "response"
-    description: str | None = None
-    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
-    strict: bool | None = None
+    name: str = Field("response", max_length=MAX_NAME_CHARS)
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: StrictBool | None = None
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextFormat(_Body):
+    type: Literal["text"]
 
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: JSONSchemaFormat | None = None
+
+class JSONObjectFormat(_Body):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+    type: Literal["json_object"]
     schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama-server's shorthand
 
 
+class JSONSchemaFormat(_Body):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")
+]
+
+
+class TextPart(_Body):
+    """The only content part supported (no images or audio)."""
+
+    type: Literal["text"]
+    text: Text
+
+
 class ChatMessage(BaseModel):
+    # Extra keys (tool_calls, tool_call_id...) reach the chat template as they are.
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+
+
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # OpenAI and llama-server refuse top_logprobs without logprobs: true; the schema says so.
+    model_config = ConfigDict(
+        extra="ignore",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "if": {
+                "required": ["top_logprobs"],
+                "properties": {"top_logprobs": {"type": "integer"}},
+            },
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        },
+    )
+
+    messages: Messages
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Output-changing OpenAI fields this server cannot honour: a 400, never ignored.
+    functions: NoFunctionCalling = None
+    function_call: NoFunctionCalling = None
+    audio: NoAudio = None
+    modalities: list[Literal["text"]] | None = Field(None, max_length=1)
+    prediction: NoPrediction = None
+    web_search_options: NoWebSearch = None
 
 
-class TokenizeRequest(BaseModel):
-    """POST /tokenize: llama-server's ``content`` or vLLM's ``prompt``, or chat ``messages``."""
+class TokenizeRequest(_Body):
+    """POST /tokenize: llama-server's ``content`` or vLLM's ``prompt``, or chat ``messages``.
 
-    model_config = ConfigDict(extra="ignore")
+    With none of them the answer is no tokens, as llama-server's.
+    """
 
-    model: str | None = None
-    content: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    add_special: bool = True
-    with_pieces: bool = False
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    content: Text | None = None
+    prompt: Text | None = None
+    messages: Messages | None = None
+    add_special: StrictBool = True
+    with_pieces: StrictBool = False
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(_Body):
     """POST /detokenize: token ids back to text."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    tokens: list[int]
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_PROMPT_TOKENS)]

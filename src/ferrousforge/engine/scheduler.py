@@ -69,7 +69,7 @@ class Scheduler:
         if prompt_len == 0:
             raise ValueError("prompt: must contain at least one token")
         need = prompt_len + (max_tokens or 0)
-        limit = self.n_ctx if max_tokens else self.n_ctx - 1
+        limit = self.n_ctx if max_tokens is not None else self.n_ctx - 1  # 0: scoring only
         if need > limit:
             raise ContextOverflowError(
                 f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "

@@ -1,0 +1,77 @@
+"""What the OpenAPI document says each route answers: its errors, its media types.
+
+Every route may answer with OpenAI's error body (400, 401, 404, 413, 500, 503); validation
+errors are 400, never FastAPI's 422, so that one is removed from the document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, used for every error status."""
+
+    error: ErrorDetail
+
+
+_ERRORS = {
+    400: "Invalid request: malformed JSON, a field out of bounds (param names it), "
+    "a prompt that cannot fit the context",
+    401: "Missing or wrong API key",
+    404: "Unknown model or path",
+    413: "Request body larger than --max-body-bytes",
+    500: "Internal error",
+    503: "Overloaded, or the model is loading (Retry-After header)",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()
+}
+
+_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "data: {json} events"}}}
+
+
+def streaming(description: str) -> dict[int | str, dict[str, Any]]:
+    """Responses of a route that answers JSON, or server-sent events with ``stream: true``."""
+    return {
+        **ERROR_RESPONSES,
+        200: {
+            "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}, **_SSE},
+        },
+    }
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Generate the document once, without FastAPI's 422 (we answer validation errors 400)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in doc.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
