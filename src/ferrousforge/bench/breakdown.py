@@ -83,10 +83,10 @@ class StepBreakdown:
             finally:
                 cur.decode_s += time.perf_counter() - t0
 
-        def timed_sample(chain: SamplerChain, ctx_ptr, row: int) -> int:
+        def timed_sample(chain: SamplerChain, ctx_ptr, row: int, banned=None) -> int | None:
             t0 = time.perf_counter()
             try:
-                return sample(chain, ctx_ptr, row)
+                return sample(chain, ctx_ptr, row, banned)
             finally:
                 cur.sample_s += time.perf_counter() - t0
 
