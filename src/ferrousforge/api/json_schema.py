@@ -5,7 +5,8 @@ properties only, in declared order), array/items/minItems/maxItems,
 string (minLength/maxLength), number, integer, boolean, null, enum, const,
 anyOf/oneOf, type lists, local $ref (#/$defs/..., #/definitions/...) and
 single-item allOf. Validation keywords it cannot enforce (pattern, format,
-minimum...) are ignored; structures it cannot express raise ValueError.
+minimum...) are ignored; structures it cannot express, and schemas that no
+JSON text (or only an empty output) would match, raise GrammarError (a ValueError).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+from ferrousforge.errors import GrammarError
+from ferrousforge.inference.backends.llama_cpp.gbnf import MAX_REPETITION, check_grammar
+
+# Nesting of schemas inside schemas (properties, items, anyOf, $ref hops): deeper
+# ones would exhaust Python's recursion here; real schemas stay under 20.
+MAX_SCHEMA_DEPTH = 64
 
 # Bounded whitespace: unbounded whitespace lets a small model loop on newlines forever.
 _PRIMITIVES = {
@@ -59,8 +67,8 @@ def gbnf_literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _json_literal(value: Any) -> str:
-    return gbnf_literal(json.dumps(value, ensure_ascii=False)) + " space"
+def _fail(why: str) -> None:
+    raise GrammarError(f"response_format: {why}")
 
 
 class _Converter:
@@ -68,6 +76,18 @@ class _Converter:
         self.root = root_schema
         self.rules: dict[str, str] = {}
         self.refs: dict[str, str] = {}  # $ref -> rule name
+        self.depth = 0
+
+    def literal(self, value: Any, hint: str) -> str:
+        """A JSON value's exact text, then optional whitespace (which pulls in ``space``)."""
+        if _nesting(value) > MAX_SCHEMA_DEPTH:
+            _fail(f"a const or enum value at '{hint}' is nested over {MAX_SCHEMA_DEPTH} deep")
+        text = json.dumps(value, ensure_ascii=False)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            _fail(f"a string at '{hint}' holds a lone surrogate, which UTF-8 cannot encode")
+        return gbnf_literal(text) + " " + self.primitive("space")
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
@@ -87,34 +107,47 @@ class _Converter:
 
     def visit(self, schema: Any, hint: str) -> str:
         """An expression (usually a rule name) for values matching ``schema``."""
+        if self.depth >= MAX_SCHEMA_DEPTH:
+            _fail(f"the schema is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return self.visit_schema(schema, hint)
+        finally:
+            self.depth -= 1
+
+    def visit_schema(self, schema: Any, hint: str) -> str:
         if schema is True or schema == {}:
             return self.primitive("value")
         if schema is False:
-            raise ValueError("response_format: a 'false' schema matches nothing")
+            _fail(f"the 'false' schema at '{hint}' matches nothing")
         if not isinstance(schema, dict):
-            raise ValueError(f"response_format: schema at '{hint}' must be an object")
+            _fail(f"schema at '{hint}' must be an object")
         if "$ref" in schema:
-            return self.ref(schema["$ref"])
+            return self.ref(schema["$ref"], hint)
         if "const" in schema:
-            return self.add(hint, _json_literal(schema["const"]))
+            return self.add(hint, self.literal(schema["const"], hint))
         if "enum" in schema:
-            if not schema["enum"]:
-                raise ValueError(f"response_format: empty enum at '{hint}'")
-            return self.add(hint, " | ".join(_json_literal(v) for v in schema["enum"]))
+            values = _nonempty_list(schema, "enum", hint)
+            return self.add(hint, " | ".join(self.literal(v, hint) for v in values))
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                alts = [self.visit(s, f"{hint}-{i}") for i, s in enumerate(schema[key])]
+                subs = _nonempty_list(schema, key, hint)
+                alts = [self.visit(s, f"{hint}-{i}") for i, s in enumerate(subs)]
                 return self.add(hint, " | ".join(alts))
         if "allOf" in schema:
-            if len(schema["allOf"]) != 1:
-                raise ValueError("response_format: allOf with several schemas is not supported")
-            return self.visit(schema["allOf"][0], hint)
+            subs = _nonempty_list(schema, "allOf", hint)
+            if len(subs) != 1:
+                _fail(f"allOf with several schemas (at '{hint}') is not supported")
+            return self.visit(subs[0], hint)
         return self.typed(schema, hint)
 
     def typed(self, schema: dict[str, Any], hint: str) -> str:
         t = schema.get("type")
         if isinstance(t, list):
-            alts = [self.typed({**schema, "type": x}, f"{hint}-{x}") for x in t]
+            types = _nonempty_list(schema, "type", hint)
+            if not all(isinstance(x, str) for x in types):
+                _fail(f"type list at '{hint}' must hold type names")
+            alts = [self.typed({**schema, "type": x}, f"{hint}-{x}") for x in types]
             return self.add(hint, " | ".join(alts))
         if t is None:
             t = "object" if "properties" in schema else "array" if "items" in schema else None
@@ -128,7 +161,7 @@ class _Converter:
             return self.primitive(t)
         if t is None:
             return self.primitive("value")
-        raise ValueError(f"response_format: unsupported type {t!r} at '{hint}'")
+        _fail(f"unsupported type {t!r} at '{hint}'")
 
     def string(self, schema: dict[str, Any], hint: str) -> str:
         lo, hi = _bounds(schema, "minLength", "maxLength", hint)
@@ -140,11 +173,11 @@ class _Converter:
         return self.add(hint, f'"\\"" char{rep} "\\"" space')
 
     def array(self, schema: dict[str, Any], hint: str) -> str:
-        item = self.visit(schema.get("items", True), f"{hint}-item")
-        self.primitive("space")
         lo, hi = _bounds(schema, "minItems", "maxItems", hint)
-        if hi == 0:
+        self.primitive("space")
+        if hi == 0 or (schema.get("items") is False and lo == 0):
             return self.add(hint, '"[" space "]" space')
+        item = self.visit(schema.get("items", True), f"{hint}-item")
         more_hi = "" if hi is None else str(hi - 1)
         tail = f'("," space {item}){{{max(lo - 1, 0)},{more_hi}}}'
         inner = f"{item} {tail}"
@@ -152,14 +185,23 @@ class _Converter:
         return self.add(hint, body)
 
     def object(self, schema: dict[str, Any], hint: str) -> str:
-        props: dict[str, Any] = schema.get("properties") or {}
+        props = schema.get("properties", {})
+        if not isinstance(props, dict):
+            _fail(f"properties at '{hint}' must be an object")
+        must = schema.get("required", [])
+        if not isinstance(must, list) or not all(isinstance(k, str) for k in must):
+            _fail(f"required at '{hint}' must be a list of property names")
+        # a required name with no declared schema may hold any value
+        props = {**props, **{k: True for k in must if k not in props}}
+        # an optional property whose schema is false must be absent: leave it out
+        props = {k: v for k, v in props.items() if v is not False or k in must}
         if not props:
             return self.primitive("object")
         self.primitive("space")
-        required = [k for k in props if k in set(schema.get("required", []))]
+        required = [k for k in props if k in set(must)]
         optional = [k for k in props if k not in required]
         kv = {
-            k: f'{_json_literal(k)} ":" space {self.visit(v, f"{hint}-{k}")}'
+            k: f'{self.literal(k, hint)} ":" space {self.visit(v, f"{hint}-{k}")}'
             for k, v in props.items()
         }
         parts = ' "," space '.join(kv[k] for k in required)
@@ -177,16 +219,19 @@ class _Converter:
             alts.append(f"{kv[k]}{rest}")
         return " | ".join(alts)
 
-    def ref(self, ref: str) -> str:
+    def ref(self, ref: Any, hint: str) -> str:
+        if not isinstance(ref, str):
+            _fail(f"$ref at '{hint}' must be a string")
         if ref in self.refs:
             return self.refs[ref]
         m = re.fullmatch(r"#/(\$defs|definitions)/(.+)", ref)
+        defs = self.root.get(m.group(1)) if m else None
         if ref == "#":
             target, name = self.root, "root-ref"
-        elif m and m.group(2) in (self.root.get(m.group(1)) or {}):
-            target, name = self.root[m.group(1)][m.group(2)], m.group(2)
+        elif m and isinstance(defs, dict) and m.group(2) in defs:
+            target, name = defs[m.group(2)], m.group(2)
         else:
-            raise ValueError(f"response_format: unsupported $ref {ref!r} (only local #/$defs)")
+            _fail(f"unsupported $ref {ref!r} at '{hint}' (only local #/$defs/... and #)")
         # Reserve the name first: recursive schemas refer to themselves.
         rule = self.add(f"def-{name}", "")
         self.refs[ref] = rule
@@ -195,12 +240,23 @@ class _Converter:
 
 
 def schema_to_gbnf(schema: dict[str, Any] | bool) -> str:
-    """A GBNF grammar (root rule ``root``) whose sentences are JSON matching ``schema``."""
+    """A GBNF grammar (root rule ``root``) whose sentences are JSON matching ``schema``.
+
+    Raises GrammarError (a ValueError, message ``response_format: ...``) for a schema
+    it cannot express, one nested too deep, or one whose grammar would match nothing
+    (e.g. a required property that contains itself) or be over a grammar limit.
+    """
     conv = _Converter(schema if isinstance(schema, dict) else {})
     top = conv.visit(schema, "root-value")
     lines = [f"root ::= {top}"]
     lines += [f"{name} ::= {body}" for name, body in conv.rules.items()]
-    return "\n".join(lines) + "\n"
+    grammar = "\n".join(lines) + "\n"
+    try:
+        check_grammar(grammar, must_end=True)
+    except GrammarError as e:
+        why = str(e).removeprefix("grammar: ")
+        raise GrammarError(f"response_format: the schema's grammar is not usable: {why}") from e
+    return grammar
 
 
 def json_object_gbnf() -> str:
@@ -208,12 +264,43 @@ def json_object_gbnf() -> str:
     return schema_to_gbnf({"type": "object"})
 
 
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value (without recursing)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            todo += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            todo += [(x, d + 1) for x in v]
+    return deepest
+
+
+def _nonempty_list(schema: dict[str, Any], key: str, hint: str) -> list[Any]:
+    """``schema[key]`` as a list; an empty one would match nothing (or only empty output)."""
+    value = schema[key]
+    if not isinstance(value, list):
+        _fail(f"{key} at '{hint}' must be a list")
+    if not value:
+        _fail(f"{key} at '{hint}' is empty, so nothing matches it")
+    return value
+
+
 def _bounds(schema: dict[str, Any], lo_key: str, hi_key: str, hint: str) -> tuple[int, int | None]:
-    """A schema's (min, max) count pair, checked: whole numbers, min <= max."""
+    """A schema's (min, max) count pair, checked: whole numbers, min <= max.
+
+    A maximum above the grammar's repetition limit is not enforced (None): the
+    output still parses. A minimum above it cannot be expressed and is an error.
+    """
     lo, hi = schema.get(lo_key, 0), schema.get(hi_key)
     for key, v in ((lo_key, lo), (hi_key, hi)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"response_format: {key} at '{hint}' must be a whole number >= 0")
+            _fail(f"{key} at '{hint}' must be a whole number >= 0")
     if hi is not None and lo > hi:
-        raise ValueError(f"response_format: {lo_key} ({lo}) exceeds {hi_key} ({hi}) at '{hint}'")
+        _fail(f"{lo_key} ({lo}) exceeds {hi_key} ({hi}) at '{hint}'")
+    if lo > MAX_REPETITION:
+        _fail(f"{lo_key} ({lo}) at '{hint}' is over the limit of {MAX_REPETITION}")
+    if hi is not None and hi > MAX_REPETITION:
+        hi = None
     return lo, hi

@@ -34,7 +34,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 Rule = list[list[int]]
 
 
-def check_grammar(grammar: str) -> None:
+def check_grammar(grammar: str, *, must_end: bool = False) -> None:
     """Raise GrammarError (a ValueError, message ``grammar: ...``) if ``grammar`` is over a limit.
 
     Covers the size, nesting depth, rule and element counts after expansion, repetition
@@ -42,6 +42,8 @@ def check_grammar(grammar: str) -> None:
     undefined rules, left recursion (also through rules that can match nothing, which
     llama.cpp misses and then loops on), chains of leftmost references, and the number
     of leftmost paths through a rule. Syntax llama.cpp would reject is left to it.
+    With ``must_end``, a rule that can never finish (it always contains itself) is
+    rejected too: output entering it could only stop at max_tokens.
     """
     if len(grammar) > MAX_GRAMMAR_CHARS:
         _fail(f"the grammar is {len(grammar)} characters, over the limit of {MAX_GRAMMAR_CHARS}")
@@ -54,6 +56,11 @@ def check_grammar(grammar: str) -> None:
     names = {i: f"rule {n!r}" for n, i in parser.ids.items()}
     names.update({i: f"a group or repetition in {n!r}" for i, n in parser.owner.items()})
     _check_leftmost(parser.rules, names)
+    if must_end:
+        can_end = _closure(parser.rules, terminals_allowed=True)
+        endless = [r for r in parser.rules if r not in can_end]
+        if endless:
+            _fail(f"{names[min(endless)]} can never end (every way through it recurses)")
 
 
 # The former name, kept for callers that have not moved to check_grammar.
@@ -369,19 +376,29 @@ def _paths(alts: Rule, paths: dict[int, int], nullable: set[int]) -> int:
 
 
 def _nullable(rules: dict[int, Rule]) -> set[int]:
-    """Rules that can match the empty string (worklist, linear in the grammar's size)."""
-    pending: dict[tuple[int, int], int] = {}  # (rule, alt) -> references not yet nullable
+    """Rules that can match the empty string."""
+    return _closure(rules, terminals_allowed=False)
+
+
+def _closure(rules: dict[int, Rule], terminals_allowed: bool) -> set[int]:
+    """Rules with an alternative made only of rules in the set (and terminals, if allowed).
+
+    With terminals: the rules that can end at all. Without: those that can match
+    nothing. A worklist, linear in the grammar's size.
+    """
+    pending: dict[tuple[int, int], int] = {}  # (rule, alt) -> references not yet in the set
     users: dict[int, list[tuple[int, int]]] = {}
     done: set[int] = set()
     work: list[int] = []
     for r, alts in rules.items():
         for a, alt in enumerate(alts):
-            if any(item < 0 for item in alt):
+            if not terminals_allowed and any(item < 0 for item in alt):
                 continue
-            pending[(r, a)] = len(alt)
-            for item in alt:
+            refs = [item for item in alt if item >= 0]
+            pending[(r, a)] = len(refs)
+            for item in refs:
                 users.setdefault(item, []).append((r, a))
-            if not alt and r not in done:
+            if not refs and r not in done:
                 done.add(r)
                 work.append(r)
     while work:
