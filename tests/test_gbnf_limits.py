@@ -190,3 +190,11 @@ def test_grammars_at_the_limits_build_in_llama_cpp_in_a_worker_thread(model_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "BUILT [True, True, True, True]" in out.stdout
+
+
+def test_must_end_rejects_rules_that_only_recurse() -> None:
+    endless = 'root ::= "{" root "}"\n'  # every sentence would be infinite
+    check_grammar(endless)  # a user's grammar may run to max_tokens
+    with pytest.raises(GrammarError, match="'root' can never end"):
+        check_grammar(endless, must_end=True)
+    check_grammar('root ::= "{" root "}" | "x"\n', must_end=True)
