@@ -151,7 +151,7 @@ class SamplerChain(NativeHandle):
             self._add(lib.llama_sampler_init_temp(o.temperature))
             self._add(lib.llama_sampler_init_mirostat_v2(seed, o.mirostat_tau, o.mirostat_eta))
             return
-        if False:
+        if o.top_k > 0:
             self._add(lib.llama_sampler_init_top_k(o.top_k))
         if o.typical_p < 1.0:
             self._add(lib.llama_sampler_init_typical(o.typical_p, 1))
