@@ -201,6 +201,7 @@ async def test_grammar_constrains_output_and_bad_grammar_names_the_field(backend
 
 
 async def test_every_sampler_option_runs(backend, handle):
+    """Smoke: every option builds a chain that samples (effects: test_regressions_sampler)."""
     opts = InferenceOptions(
         temperature=0.9,
         top_k=20,

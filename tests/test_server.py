@@ -133,6 +133,7 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
 
 
 def test_completion(client: openai.OpenAI) -> None:
+    """Smoke: a completion round-trips through the SDK (exact limits: test_regressions_server)."""
     r = client.completions.create(
         model="smollm2-135m-instruct",
         prompt="The capital of France is",
@@ -155,6 +156,7 @@ def test_completion_prompt_forms(client: openai.OpenAI, server: Server) -> None:
 
 
 def test_chat(client: openai.OpenAI) -> None:
+    """Smoke: a chat reply comes back in the SDK's shape."""
     r = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=CHAT, max_tokens=12, temperature=0
     )
@@ -202,6 +204,8 @@ def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_concurrent_async_streams(aclient: openai.AsyncOpenAI) -> None:
+    """Smoke: concurrent SDK streams all finish (interleaving: test_engine_real)."""
+
     async def one(i: int) -> tuple[str, str | None]:
         stream = await aclient.chat.completions.create(
             model="smollm2-135m-instruct",
@@ -250,6 +254,7 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
 
 
 def test_n_choices(client: openai.OpenAI) -> None:
+    """Smoke: n=2 gives two indexed choices (usage over choices: test_regressions_server)."""
     r = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=3
     )
