@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_traits import (
+    TOP_N,
+    assert_same_or_near_tie,
+    batch_invariant,
+    chat_template_for_tests,
+)
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.errors import (
@@ -84,11 +90,11 @@ async def test_the_readme_example_runs(model_path):
 
 
 async def test_infer_reports_usage_timings_and_finish_reason(backend, handle):
-    out = await backend.infer(handle, BackendInput.Text("The capital of France is"), GREEDY)
+    out = await backend.infer(handle, BackendInput.Text("1, 2, 3, 4,"), GREEDY)
     assert out.finish_reason == "length"
     assert out.usage.completion_tokens == 24 == len(out.token_ids)
-    assert out.usage.prompt_tokens == len(backend.tokenize(handle, "The capital of France is"))
-    assert "Paris" in out.text
+    assert out.usage.prompt_tokens == len(backend.tokenize(handle, "1, 2, 3, 4,"))
+    assert out.text.startswith(" 5")  # the prompt reached the model and the text is its tokens
     assert out.timings.prompt_ms > 0 and out.timings.generation_tokens_per_s > 0
 
 
@@ -104,10 +110,13 @@ async def test_stream_concatenates_to_the_same_text(backend, handle):
 
 
 async def test_batch_equals_each_prompt_alone_at_temperature_zero(backend, handle):
-    batch = await backend.infer_batch(handle, [BackendInput.Text(p) for p in PROMPTS], GREEDY)
+    # README, "Determinism": identical on the default model; elsewhere only near-ties may flip.
+    opts = GREEDY.replace(logprobs=TOP_N)
+    batch = await backend.infer_batch(handle, [BackendInput.Text(p) for p in PROMPTS], opts)
     for prompt, out in zip(PROMPTS, batch, strict=True):
-        alone = await backend.infer(handle, BackendInput.Text(prompt), GREEDY)
-        assert out.token_ids == alone.token_ids, prompt
+        alone = await backend.infer(handle, BackendInput.Text(prompt), opts)
+        assert len(out.token_ids) == len(alone.token_ids) == 24
+        assert_same_or_near_tie(alone, out, prompt)
 
 
 async def test_batch_really_decodes_sequences_together(backend, handle):
@@ -120,17 +129,31 @@ async def test_batch_really_decodes_sequences_together(backend, handle):
     assert steps < 2 * 24, f"{steps} decode steps for 4x24 tokens: not batched"
 
 
-async def test_same_seed_same_output_and_different_seed_differs(backend, handle):
+async def test_same_seed_same_output_and_different_seed_differs(backend, handle, model_path):
     opts = InferenceOptions(
         temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24, seed=1234
     )
-    a = await backend.infer(handle, BackendInput.Text("My favourite animal is"), opts)
-    b = await backend.infer(handle, BackendInput.Text("My favourite animal is"), opts)
-    c = await backend.infer(
-        handle, BackendInput.Text("My favourite animal is"), opts.replace(seed=99)
+    prompt = BackendInput.Text("My favourite animal is")
+    # README, "Determinism": with the prefix cache off, a rerun evaluates the same batch
+    # shapes, so the same seed gives the same output on any model.
+    cold = LlamaCppBackend()
+    lm = cold.load_model_sync(
+        model_path,
+        BackendConfig(num_threads=2, context_size=512, max_parallel=1, prefix_cache=False),
+        AcceleratorType.Cpu(),
     )
+    try:
+        a = await cold.infer(lm.handle, prompt, opts)
+        b = await cold.infer(lm.handle, prompt, opts)
+        c = await cold.infer(lm.handle, prompt, opts.replace(seed=99))
+    finally:
+        lm.close()
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
+    if batch_invariant():  # the default model: also when the rerun is a prefix-cache hit
+        warm = [await backend.infer(handle, prompt, opts) for _ in range(2)]
+        assert warm[1].usage.cached_tokens > 0
+        assert warm[0].token_ids == warm[1].token_ids == a.token_ids
 
 
 async def test_tokens_and_chat_inputs(backend, handle):
@@ -138,12 +161,13 @@ async def test_tokens_and_chat_inputs(backend, handle):
     by_ids = await backend.infer(handle, BackendInput.Tokens(ids), GREEDY)
     by_text = await backend.infer(handle, BackendInput.Text("The capital of France is"), GREEDY)
     assert by_ids.token_ids == by_text.token_ids
-    chat = await backend.infer(
-        handle,
-        BackendInput.Chat([{"role": "user", "content": "Say hi"}]),
-        InferenceOptions(temperature=0, max_tokens=40),
+    chat_in = BackendInput.Chat(
+        [{"role": "user", "content": "Say hi"}], chat_template=chat_template_for_tests()
     )
-    assert chat.finish_reason == "stop" and chat.text.strip()
+    chat = await backend.infer(handle, chat_in, InferenceOptions(temperature=0, max_tokens=40))
+    rendered = backend.render_chat(handle, chat_in)
+    assert "Say hi" in rendered and chat.text.strip()
+    assert chat.usage.prompt_tokens == len(backend.tokenize(handle, rendered))
     with pytest.raises(ValueError, match="tokens: token id 999999"):
         await backend.infer(handle, BackendInput.Tokens([1, 999999]), GREEDY)
 
@@ -168,21 +192,17 @@ async def test_stop_strings_ignore_eos_and_min_tokens(backend, handle):
     )
     assert stopped.finish_reason == "stop" and " 7" not in stopped.text
     assert base.text.startswith(stopped.text)
-    chat = BackendInput.Chat([{"role": "user", "content": "Reply with one word: yes or no?"}])
-    short = await backend.infer(handle, chat, InferenceOptions(temperature=0, max_tokens=40))
-    assert short.finish_reason == "stop" and short.usage.completion_tokens < 10
-    forced = await backend.infer(
-        handle, chat, InferenceOptions(temperature=0, max_tokens=20, ignore_eos=True)
-    )
+    # A strong bias makes the end-of-generation token the greedy choice at every step.
+    eos = backend.loaded(handle).vocab.eos
+    to_eos = InferenceOptions(temperature=0, max_tokens=20, logit_bias={eos: 100.0})
+    prompt = BackendInput.Text("Reply with one word: yes or no?")
+    short = await backend.infer(handle, prompt, to_eos)
+    assert short.finish_reason == "stop" and short.usage.completion_tokens == 0
+    forced = await backend.infer(handle, prompt, to_eos.replace(ignore_eos=True))
     assert forced.finish_reason == "length" and forced.usage.completion_tokens == 20
-    at_least = await backend.infer(
-        handle,
-        chat,
-        InferenceOptions(
-            temperature=0, max_tokens=40, min_tokens=short.usage.completion_tokens + 5
-        ),
-    )
-    assert at_least.usage.completion_tokens >= short.usage.completion_tokens + 5
+    assert eos not in forced.token_ids
+    at_least = await backend.infer(handle, prompt, to_eos.replace(min_tokens=5))
+    assert at_least.finish_reason == "stop" and at_least.usage.completion_tokens == 5
 
 
 async def test_grammar_constrains_output_and_bad_grammar_names_the_field(backend, handle):

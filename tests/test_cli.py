@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from model_traits import requires_chat_template
 
 from ferrousforge import __version__
 from ferrousforge.cli.main import build_parser, main
+from ferrousforge.models.default_model import bundled_model_path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -41,7 +43,7 @@ def test_serve_flags_come_from_the_settings() -> None:
 
 
 def test_info_json(capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", "--json"]) == 0
+    assert main(["info", "--json", str(bundled_model_path())]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["architecture"] == "llama" and info["has_chat_template"] is True
     assert info["vocab_size"] > 1000 and info["context_length"] > 0
@@ -69,6 +71,7 @@ def test_run_streams_then_prints_figures() -> None:
 
 
 @pytest.mark.integration
+@requires_chat_template
 def test_chat_keeps_the_conversation_and_reuses_the_prefix() -> None:
     p = subprocess.run(
         [

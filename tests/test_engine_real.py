@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from model_traits import TOP_N, assert_same_or_near_tie, batch_invariant
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.errors import EngineOverloadedError
@@ -39,7 +40,7 @@ async def wait_idle(engine, timeout=5.0):
 async def test_concurrent_requests_all_complete_and_match_running_alone(model):
     backend, lm = model
     h = lm.handle
-    forced = GREEDY.replace(ignore_eos=True)
+    forced = GREEDY.replace(ignore_eos=True, logprobs=TOP_N)
     alone = {p: await backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]}
     lengths = [4, 9, 16, 12, 7, 16, 3, 10, 16, 5]
     outs = await asyncio.gather(
@@ -51,8 +52,7 @@ async def test_concurrent_requests_all_complete_and_match_running_alone(model):
     assert [o.usage.completion_tokens for o in outs] == lengths
     assert all(o.finish_reason == "length" for o in outs)
     for p, o in zip(PROMPTS[:4], outs[:4], strict=True):
-        n = o.usage.completion_tokens
-        assert o.token_ids == alone[p].token_ids[:n], p
+        assert_same_or_near_tie(alone[p], o, p)  # README, "Determinism"
     assert await wait_idle(lm.engine)
 
 
@@ -119,11 +119,12 @@ async def test_prefix_hit_is_reported_and_gives_the_same_output_as_a_cold_run(mo
     try:
         system = "You are a careful assistant who answers questions about geography. " * 4
         prompt = system + "Which river flows through Paris?"
-        cold = await backend.infer(lm.handle, BackendInput.Text(prompt), GREEDY)
+        opts = GREEDY.replace(logprobs=TOP_N)
+        cold = await backend.infer(lm.handle, BackendInput.Text(prompt), opts)
         assert cold.usage.cached_tokens == 0
-        warm = await backend.infer(lm.handle, BackendInput.Text(prompt), GREEDY)
+        warm = await backend.infer(lm.handle, BackendInput.Text(prompt), opts)
         assert warm.usage.cached_tokens == warm.usage.prompt_tokens - 1
-        assert warm.token_ids == cold.token_ids
+        assert_same_or_near_tie(cold, warm, "warm rerun")  # README, "Determinism"
         other = await backend.infer(
             lm.handle, BackendInput.Text(system + "Which river flows through Rome?"), GREEDY
         )
@@ -167,19 +168,21 @@ async def test_full_kv_cache_preempts_and_every_output_stays_correct(model_path)
         model_path, context_size=256, max_parallel=4, prefix_cache=False, kv_unified=True
     )
     try:
-        opts = GREEDY.replace(max_tokens=70, ignore_eos=True)
+        opts = GREEDY.replace(max_tokens=70, ignore_eos=True, logprobs=TOP_N)
         prompts = [f"Story number {i}: once upon a time there was a" for i in range(4)]
         alone = [await backend.infer(lm.handle, BackendInput.Text(p), opts) for p in prompts]
         together = await asyncio.gather(
             *(backend.infer(lm.handle, BackendInput.Text(p), opts) for p in prompts)
         )
         assert lm.engine.stats.preemptions >= 1
-        for a, t in zip(alone, together, strict=True):
+        for p, a, t in zip(prompts, alone, together, strict=True):
             assert len(t.token_ids) == 70
-            # Before the cache filled, outputs are identical. A resumed sequence recomputes its
-            # tokens as one prefill, whose float rounding differs from token-by-token decode,
-            # so greedy paths may legitimately drift after the preemption point.
-            assert t.token_ids[:40] == a.token_ids[:40]
+            # A resumed sequence recomputes its tokens as one prefill, and a unified cache
+            # places cells by arrival: on models whose kernels round by batch shape a greedy
+            # path may flip at a near-tie (README, "Determinism"), never anywhere else.
+            assert_same_or_near_tie(a, t, p, exact=False)
+            if batch_invariant():  # the default model: identical until the cache filled
+                assert t.token_ids[:40] == a.token_ids[:40]
     finally:
         lm.close()
 
@@ -203,7 +206,7 @@ async def test_steps_after_a_finished_request_decode_as_one_reusable_graph(model
 async def test_a_sequence_moved_to_close_a_slot_gap_keeps_its_output(model):
     backend, lm = model
     h = lm.handle
-    forced = GREEDY.replace(ignore_eos=True, max_tokens=20)
+    forced = GREEDY.replace(ignore_eos=True, max_tokens=20, logprobs=TOP_N)
     alone = {p: await backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]}
     moves = lm.engine.scheduler.moves
     lengths = [2, 20, 3, 20]  # slots 0 and 2 free early: 3 moves down, 1 stays
@@ -215,4 +218,5 @@ async def test_a_sequence_moved_to_close_a_slot_gap_keeps_its_output(model):
     )
     assert lm.engine.scheduler.moves > moves
     for p, o, n in zip(PROMPTS[:4], outs, lengths, strict=True):
-        assert o.token_ids == alone[p].token_ids[:n], p
+        assert len(o.token_ids) == n
+        assert_same_or_near_tie(alone[p], o, p)  # README, "Determinism"

@@ -12,6 +12,7 @@ import pytest
 
 from ferrousforge.errors import ModelLoadError
 from ferrousforge.inference.gguf import read_gguf, validate_gguf
+from ferrousforge.models.default_model import bundled_model_path
 
 # GGUF value types (the spec's numbering)
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
@@ -54,8 +55,8 @@ def gguf_bytes(
     return head + b"\0" * ((32 - len(head) % 32) % 32)
 
 
-def test_default_model_header(model_path):
-    info = validate_gguf(model_path)
+def test_default_model_header():
+    info = validate_gguf(bundled_model_path())  # the bundled file, whatever TEST_MODEL_PATH says
     assert info.architecture == "llama"
     assert info.vocab_size == 49152
     assert info.file_type == "Q4_1"

@@ -16,14 +16,18 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from model_traits import GENERIC_CHAT_TEMPLATE, has_chat_template
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
+
+from ferrousforge.models.default_model import default_model
 
 pytestmark = pytest.mark.server
 
 KEYS = ("sk-test-one", "sk-test-two")
 CTX = 1024  # tokens per request: --ctx-size is split across the --parallel slots
 PARALLEL = 4
+MODEL_ID, MODEL_PATH = default_model()  # what serve calls the model it serves by default
 
 
 @dataclass
@@ -85,11 +89,25 @@ def _start(args: list[str], env: dict[str, str], key: str | None) -> Iterator[Se
             proc.kill()
 
 
+def _template_config(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A model whose GGUF has no chat template is served with a generic one (the tests are
+    about the API), under the same id; one with a template is served as is."""
+    if has_chat_template():
+        return []
+    config = tmp_path_factory.mktemp("server") / "models.toml"
+    config.write_text(
+        f"[[models]]\nalias = {json.dumps(MODEL_ID)}\npath = {json.dumps(str(MODEL_PATH))}\n"
+        f"chat_template = {json.dumps(GENERIC_CHAT_TEMPLATE)}\n"
+    )
+    return ["--config", str(config)]
+
+
 @pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"FERROUSFORGE_API_KEY": ",".join(KEYS)}  # keys from the env, comma-separated
     yield from _start(
         [
+            *_template_config(tmp_path_factory),
             "--parallel",
             str(PARALLEL),
             "--ctx-size",
@@ -126,8 +144,8 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models_list_and_get(client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == ["smollm2-135m-instruct"]
-    assert client.models.retrieve("smollm2-135m-instruct").id == "smollm2-135m-instruct"
+    assert [m.id for m in models] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
 
@@ -135,7 +153,7 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
 def test_completion(client: openai.OpenAI) -> None:
     """Smoke: a completion round-trips through the SDK (exact limits: test_regressions_server)."""
     r = client.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         prompt="The capital of France is",
         max_tokens=5,
         temperature=0,
@@ -149,17 +167,13 @@ def test_completion(client: openai.OpenAI) -> None:
 def test_completion_prompt_forms(client: openai.OpenAI, server: Server) -> None:
     ids = server.http().post("/tokenize", json={"content": "Hello there"}).json()["tokens"]
     for prompt, n_choices in (["a", "b", "c"], 3), (ids, 1), ([ids, ids], 2):
-        r = client.completions.create(
-            model="smollm2-135m-instruct", prompt=prompt, max_tokens=2, temperature=0
-        )
+        r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=2, temperature=0)
         assert [c.index for c in r.choices] == list(range(n_choices))
 
 
 def test_chat(client: openai.OpenAI) -> None:
     """Smoke: a chat reply comes back in the SDK's shape."""
-    r = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=CHAT, max_tokens=12, temperature=0
-    )
+    r = client.chat.completions.create(model=MODEL_ID, messages=CHAT, max_tokens=12, temperature=0)
     msg = r.choices[0].message
     assert msg.role == "assistant" and msg.content.strip()
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -167,7 +181,7 @@ def test_chat(client: openai.OpenAI) -> None:
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         messages=CHAT,
         max_tokens=8,
         temperature=0,
@@ -190,7 +204,7 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
 
 def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         prompt="Once upon a time",
         max_tokens=6,
         temperature=0,
@@ -208,7 +222,7 @@ def test_concurrent_async_streams(aclient: openai.AsyncOpenAI) -> None:
 
     async def one(i: int) -> tuple[str, str | None]:
         stream = await aclient.chat.completions.create(
-            model="smollm2-135m-instruct",
+            model=MODEL_ID,
             max_tokens=6,
             temperature=0,
             stream=True,
@@ -240,7 +254,7 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
         "required": ["city", "country", "population_millions", "capital"],
     }
     r = client.chat.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         max_tokens=80,
         temperature=0,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
@@ -256,7 +270,7 @@ def test_json_schema_output_validates(client: openai.OpenAI) -> None:
 def test_n_choices(client: openai.OpenAI) -> None:
     """Smoke: n=2 gives two indexed choices (usage over choices: test_regressions_server)."""
     r = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=3
+        model=MODEL_ID, messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=3
     )
     assert [c.index for c in r.choices] == [0, 1]
     assert all(c.message.content for c in r.choices)
@@ -264,7 +278,7 @@ def test_n_choices(client: openai.OpenAI) -> None:
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         messages=CHAT,
         max_tokens=4,
         temperature=0,
@@ -280,7 +294,7 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 def test_completion_logprobs(client: openai.OpenAI) -> None:
     r = client.completions.create(
-        model="smollm2-135m-instruct", prompt="The sky is", max_tokens=4, temperature=0, logprobs=3
+        model=MODEL_ID, prompt="The sky is", max_tokens=4, temperature=0, logprobs=3
     )
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
@@ -294,7 +308,7 @@ def test_echo_logprobs_with_zero_max_tokens(client: openai.OpenAI, server: Serve
     prompt = "The capital of France is Paris"
     n_prompt = len(server.http().post("/tokenize", json={"prompt": prompt}).json()["tokens"])
     r = client.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         prompt=prompt,
         max_tokens=0,
         echo=True,
@@ -309,7 +323,7 @@ def test_echo_logprobs_with_zero_max_tokens(client: openai.OpenAI, server: Serve
     assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == n_prompt
     # with one generated token (what lm-eval actually sends) the prompt part is the same
     r1 = client.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL_ID,
         prompt=prompt,
         max_tokens=1,
         echo=True,
@@ -440,6 +454,13 @@ def test_overload_is_503_with_retry_after(tiny_server: Server) -> None:
         assert h.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
 
 
+@pytest.mark.skipif(has_chat_template(), reason="the model has a chat template")
+def test_chat_without_a_template_is_400(tiny_server: Server) -> None:
+    with tiny_server.http() as h:
+        err = _error(h.post("/v1/chat/completions", json={"messages": CHAT}), 400)
+    assert err["code"] == "chat_template_error" and "no chat template" in err["message"]
+
+
 # ---- disconnects, metrics and the small endpoints ---------------------------------------
 
 
@@ -483,10 +504,7 @@ def test_metrics_format(server: Server) -> None:
     assert _metric(text, "generation_tokens_total") > 0
     assert _metric(text, "prompt_tokens_total") > 0
     assert "# TYPE ferrousforge_time_to_first_token_seconds histogram" in text
-    assert (
-        'ferrousforge_request_latency_seconds_bucket{model="smollm2-135m-instruct",le="+Inf"}'
-        in text
-    )
+    assert f'ferrousforge_request_latency_seconds_bucket{{model="{MODEL_ID}",le="+Inf"}}' in text
     assert "ferrousforge_inter_token_latency_seconds_count" in text
     assert "ferrousforge_mean_busy_slots_per_decode" in text
 
