@@ -9,6 +9,7 @@ import re
 import jsonschema
 import pytest
 from gbnf_matcher import Grammar
+from model_traits import chat_template_for_tests
 
 from ferrousforge.api.json_schema import (
     MAX_SCHEMA_DEPTH,
@@ -370,7 +371,8 @@ def test_sampled_output_validates(schema: dict) -> None:
                 temperature=0.9, max_tokens=120, seed=1, grammar=schema_to_gbnf(schema)
             )
             msgs = [{"role": "user", "content": "Reply with JSON."}]
-            return await b.infer_batch(h, [BackendInput.Chat(msgs)] * 3, opts)
+            chat = BackendInput.Chat(msgs, chat_template=chat_template_for_tests())
+            return await b.infer_batch(h, [chat] * 3, opts)
         finally:
             await b.unload_model(h)
 
