@@ -63,7 +63,8 @@ async def test_without_top_k_the_same_hot_sampler_leaves_the_top_tokens(model):
 async def test_repeat_penalty_alone_breaks_a_repetition(model):
     plain = await infer(model, REPEATS, GREEDY)
     token, count = Counter(plain.token_ids).most_common(1)[0]
-    assert count >= 12, "precondition: greedy output repeats one token"
+    if count < 12:
+        pytest.skip(f"this model does not repeat one token after {REPEATS!r}")
     penalized = await infer(model, REPEATS, GREEDY.replace(repeat_penalty=1.3))
     assert penalized.token_ids != plain.token_ids
     assert Counter(penalized.token_ids)[token] <= count // 3
@@ -80,7 +81,8 @@ async def test_frequency_penalty_grows_with_the_count_and_presence_penalty_does_
     # per occurrence, so only frequency stops a token that keeps repeating.
     plain = await infer(model, REPEATS, GREEDY)
     token, count = Counter(plain.token_ids).most_common(1)[0]
-    assert count >= 12, "precondition: greedy output repeats one token"
+    if count < 12:
+        pytest.skip(f"this model does not repeat one token after {REPEATS!r}")
     presence = await infer(model, REPEATS, GREEDY.replace(presence_penalty=1.0))
     frequency = await infer(model, REPEATS, GREEDY.replace(frequency_penalty=1.0))
     n_presence = Counter(presence.token_ids)[token]

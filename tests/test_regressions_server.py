@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from model_traits import requires_chat_template
 
 pytestmark = pytest.mark.server
 
@@ -99,7 +100,11 @@ def sse_events(http: httpx.Client, path: str, body: dict) -> list[dict]:
     ("path", "body"),
     [
         ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4}),
-        ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4}),
+        pytest.param(
+            "/v1/chat/completions",
+            {"messages": CHAT, "max_tokens": 4},
+            marks=requires_chat_template,
+        ),
         ("/v1/completions", {"prompt": ["a", "b"], "n": 2, "max_tokens": 2}),
     ],
 )
@@ -116,7 +121,9 @@ def test_every_stream_ends_with_exactly_one_done(http: httpx.Client, path: str, 
 @pytest.mark.parametrize(
     ("path", "body", "choices"),
     [
-        ("/v1/chat/completions", {"messages": CHAT, "n": 3}, 3),
+        pytest.param(
+            "/v1/chat/completions", {"messages": CHAT, "n": 3}, 3, marks=requires_chat_template
+        ),
         ("/v1/completions", {"prompt": "Once upon a time", "n": 3}, 3),
         ("/v1/completions", {"prompt": ["Once upon a time", "The sky is"], "n": 2}, 4),
     ],
@@ -194,19 +201,25 @@ def test_max_tokens_above_the_server_limit_is_capped(http: httpx.Client) -> None
     r = http.post("/v1/completions", json=body).json()
     assert r["usage"]["completion_tokens"] == LIMIT
     assert r["choices"][0]["finish_reason"] == "length"
-    r = http.post(
-        "/v1/chat/completions",
-        json={"messages": CHAT, "max_completion_tokens": LIMIT * 5, "ignore_eos": True},
-    ).json()
-    assert r["usage"]["completion_tokens"] == LIMIT
     events = sse_events(
         http,
         "/v1/completions",
         {**body, "stream_options": {"include_usage": True}},
     )
     assert events[-1]["usage"]["completion_tokens"] == LIMIT
+    # Unset, completions default to 16 tokens (OpenAI's default), which the limit also caps.
+    r = http.post("/v1/completions", json={"prompt": "Once upon a time", "ignore_eos": True})
+    assert r.json()["usage"]["completion_tokens"] == LIMIT
 
 
+@requires_chat_template
+def test_chat_max_completion_tokens_above_the_server_limit_is_capped(http: httpx.Client) -> None:
+    body = {"messages": CHAT, "max_completion_tokens": LIMIT * 5, "ignore_eos": True}
+    r = http.post("/v1/chat/completions", json=body).json()
+    assert r["usage"]["completion_tokens"] == LIMIT
+
+
+@requires_chat_template
 def test_chat_without_max_tokens_defaults_to_the_server_limit(http: httpx.Client) -> None:
     r = http.post("/v1/chat/completions", json={"messages": CHAT, "ignore_eos": True}).json()
     assert r["usage"]["completion_tokens"] == LIMIT
