@@ -79,8 +79,6 @@ def start(
     """Render, tokenize and submit a request (blocking: run it through ``prepare``)."""
     if req.tools and req.tool_choice != "none":
         raise ValueError("tools: function calling is not supported")
-    if req.top_logprobs is not None and not req.logprobs:
-        raise ValueError("top_logprobs: requires logprobs to be true")
     grammar = grammar_for(req.response_format)
     prompt = prompt_of(req.messages, backend, lm, chat_template)
     top = req.top_logprobs if req.top_logprobs is not None else 0

@@ -110,7 +110,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         loc.append(str(p))
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    return (f"{param}: {msg}" if param else msg), param
+    if param is None:  # a check across fields: its message names the field
+        return msg, _param_of(msg)
+    return f"{param}: {msg}", param
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -39,8 +39,25 @@ _ERRORS = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()
 }
+# The same for a route whose own media type is not JSON (FastAPI would give "model" that one).
+JSON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for status, text in _ERRORS.items()
+}
 
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "data: {json} events"}}}
+# Each server-sent event: `data: {json chunk}`, the last one `data: [DONE]`.
+_SSE = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string", "description": "a JSON chunk or [DONE]"}},
+        }
+    }
+}
 
 
 def streaming(description: str) -> dict[int | str, dict[str, Any]]:

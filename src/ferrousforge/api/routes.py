@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ferrousforge.api import chat, completions
 from ferrousforge.api.auth import presented_key
 from ferrousforge.api.metrics import render_metrics
-from ferrousforge.api.openapi import ERROR_RESPONSES, streaming
+from ferrousforge.api.openapi import ERROR_RESPONSES, JSON_ERROR_RESPONSES, streaming
 from ferrousforge.api.options import seq_context
 from ferrousforge.api.schemas import (
     ChatCompletionRequest,
@@ -130,7 +130,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
+@router.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERROR_RESPONSES)
 async def metrics(request: Request) -> Response:
     """Prometheus text format (not JSON)."""
     return PlainTextResponse(

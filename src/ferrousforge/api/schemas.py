@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    model_validator,
 )
 
 from ferrousforge.api.request import (
@@ -204,12 +205,18 @@ class ChatCompletionRequest(SamplingFields):
         },
     )
 
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        return self
+
     messages: Messages
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Output-changing OpenAI fields this server cannot honour: a 400, never ignored.
     functions: NoFunctionCalling = None
