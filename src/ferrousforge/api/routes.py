@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ferrousforge.api import chat, completions
 from ferrousforge.api.auth import presented_key
 from ferrousforge.api.metrics import render_metrics
-from ferrousforge.api.openapi import ERROR_RESPONSES, JSON_ERROR_RESPONSES, streaming
+from ferrousforge.api.openapi import (
+    ERROR_RESPONSES,
+    HEALTH_RESPONSES,
+    JSON_ERROR_RESPONSES,
+    streaming,
+)
 from ferrousforge.api.options import seq_context
 from ferrousforge.api.schemas import (
     ChatCompletionRequest,
@@ -111,7 +116,7 @@ async def get_model(model_id: str, request: Request) -> dict:
     return _model_card(st, st.registry.spec(model_id).id)
 
 
-@router.get("/health")
+@router.get("/health", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> Response:
     """Readiness, open to all. The reason for an "error" (file path, llama.cpp's log) is
     shown only to a client with a valid API key when keys are set; the log always has it."""
