@@ -34,6 +34,7 @@ from ferrousforge.api.request import (
     MAX_STOP,
     MAX_STOP_CHARS,
 )
+from ferrousforge.inference.backends.llama_cpp.gbnf import MAX_GRAMMAR_CHARS
 
 MAX_N = 16  # choices per prompt
 MAX_TEXT_CHARS = 1 << 24  # any one text; --max-body-bytes usually binds first
@@ -115,7 +116,7 @@ class SamplingFields(_Body):
     mirostat: StrictInt | None = _bounded("mirostat")
     mirostat_tau: StrictFloat | None = _bounded("mirostat_tau")
     mirostat_eta: StrictFloat | None = _bounded("mirostat_eta")
-    grammar: NonEmptyText | None = None
+    grammar: Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)] | None = None
     dry_multiplier: StrictFloat | None = _bounded("dry_multiplier")
     dry_base: StrictFloat | None = _bounded("dry_base")
     dry_allowed_length: StrictInt | None = _bounded("dry_allowed_length")
