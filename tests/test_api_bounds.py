@@ -96,6 +96,8 @@ BAD_CHATS = [
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
     ({"web_search_options": {}}, "web_search_options"),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
+    ({"tool_choice": "required"}, "tool_choice"),
     ({"logprobs": 1}, "logprobs"),
     ({"top_logprobs": 0}, "top_logprobs"),
     ({"top_logprobs": 2, "logprobs": False}, "top_logprobs"),

@@ -207,9 +207,11 @@ class ChatCompletionRequest(SamplingFields):
     )
 
     @model_validator(mode="after")
-    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+    def _check_together(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice: a tool choice other than none or auto needs tools")
         return self
 
     messages: Messages
@@ -218,7 +220,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | dict[str, Any] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: (
+        Annotated[dict[str, Any], Field(max_length=0, description="not supported yet")] | None
+    ) = None
     # Output-changing OpenAI fields this server cannot honour: a 400, never ignored.
     functions: NoFunctionCalling = None
     function_call: NoFunctionCalling = None
