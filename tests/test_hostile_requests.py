@@ -15,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from model_traits import GENERIC_CHAT_TEMPLATE, has_chat_template
+
+from ferrousforge.models.default_model import default_model_path
 
 pytestmark = pytest.mark.server
 
@@ -48,8 +51,9 @@ CASES = [
     ("grammar+ignore_eos", completion(grammar='root ::= "a"', ignore_eos=True), "stop"),
     ("grammar+min_tokens", completion(grammar='root ::= "a"', min_tokens=3), "stop"),
     ("reversed range", completion(grammar="root ::= [z-a]"), 400),
-    ("nothing allowed", completion(grammar="root ::= [^\\x00-\\U0010FFFF]"), 400),
-    ("code point", completion(grammar='root ::= "\\UFFFFFFFF"'), 400),
+    # 400, or (a vocabulary with partial-UTF-8 byte tokens lets bytes through) a clean 200
+    ("nothing allowed", completion(grammar="root ::= [^\\x00-\\U0010FFFF]"), (400, 200)),
+    ("code point", completion(grammar='root ::= "\\UFFFFFFFF"'), (400, 200)),
     ("deep parens", completion(grammar="root ::= " + "(" * 20000 + '"a"' + ")" * 20000), 400),
     ("repeat window", completion(repeat_last_n=2**30, repeat_penalty=1.1), 400),
     ("dry window", completion(dry_penalty_last_n=2**28, dry_multiplier=0.8), 400),
@@ -82,11 +86,19 @@ def _rss_mb(pid: int) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    folder = tmp_path_factory.mktemp("hostile")
+    log = folder / "server.log"
+    extra: list[str] = []
+    if not has_chat_template():  # these tests are about the API: give such a model a template
+        (folder / "models.toml").write_text(
+            f"[[models]]\npath = {json.dumps(str(default_model_path()))}\n"
+            f"chat_template = {json.dumps(GENERIC_CHAT_TEMPLATE)}\n"
+        )
+        extra = ["--config", str(folder / "models.toml")]
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(port),
-             "--threads", "2", "--parallel", "4", "--ctx-size", "4096"],
+             "--threads", "2", "--parallel", "4", "--ctx-size", "4096", *extra],
             stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -110,6 +122,9 @@ def _post(url: str, path: str, body: dict) -> httpx.Response:
 
 
 def _check(name: str, r: httpx.Response, expect) -> None:
+    if isinstance(expect, tuple):
+        assert r.status_code in expect, (name, r.status_code, r.text[:500])
+        expect = r.status_code
     if expect == "stop":
         assert r.status_code == 200, (name, r.text[:500])
         choice = r.json()["choices"][0]
@@ -117,30 +132,37 @@ def _check(name: str, r: httpx.Response, expect) -> None:
         text = choice["message"]["content"] if "message" in choice else choice["text"]
         if "response_format" in r.request.content.decode():
             json.loads(text)  # constrained output always parses
+    elif expect == 200:
+        assert r.json()["choices"][0]["finish_reason"] in ("stop", "length"), (name, r.text)
     else:
         assert r.status_code == expect, (name, r.status_code, r.text[:500])
         err = r.json()["error"]
         assert err["message"] and err["type"] == "invalid_request_error", (name, err)
 
 
+def _round(pool: cf.ThreadPoolExecutor, url: str) -> None:
+    normal = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    hostile = {pool.submit(_post, url, path, body): (name, expect)
+               for name, (path, body), expect in CASES}  # fmt: skip
+    side = [pool.submit(_post, url, "/v1/completions", normal) for _ in range(4)]
+    for fut, (name, expect) in hostile.items():
+        _check(name, fut.result(), expect)
+    for fut in side:
+        r = fut.result()
+        assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
+
+
 def test_hostile_requests_get_clean_answers_while_others_are_served(server):
     url, proc, log = server
-    _post(url, "/v1/completions", {"prompt": "warm up", "max_tokens": 4})
-    rss_before = _rss_mb(proc.pid)
-    normal = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
     with cf.ThreadPoolExecutor(8) as pool:
-        for _round in range(2):  # twice: a second pass shows nothing was left broken
-            hostile = {pool.submit(_post, url, path, body): (name, expect)
-                       for name, (path, body), expect in CASES}  # fmt: skip
-            side = [pool.submit(_post, url, "/v1/completions", normal) for _ in range(4)]
-            for fut, (name, expect) in hostile.items():
-                _check(name, fut.result(), expect)
-            for fut in side:
-                r = fut.result()
-                assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
+        _round(pool, url)  # the first round also warms caches (mapped weights, token pieces)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        rss_warm = _rss_mb(proc.pid)
+        for _ in range(2):  # the same again: nothing was left broken, and nothing grows
+            _round(pool, url)
             assert proc.poll() is None, log.read_text()[-3000:]
     assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
-    assert _rss_mb(proc.pid) < rss_before + 150, "memory did not return near its baseline"
+    assert _rss_mb(proc.pid) < rss_warm + 64, "memory grows with each round of bad requests"
     assert "Traceback" not in log.read_text()
 
 
