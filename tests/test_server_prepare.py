@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from model_traits import chat_template_for_tests
 
 from ferrousforge.api.app import create_app
 from ferrousforge.models.registry import ModelSpec, backend_config
@@ -56,7 +57,8 @@ async def _serve(model_path: Path, chat_template: str | None = None) -> AsyncIte
 
 @pytest.fixture
 async def served(model_path: Path) -> AsyncIterator[Served]:
-    async with _serve(model_path) as s:
+    # these tests chat about something else: a model without a template gets a generic one
+    async with _serve(model_path, chat_template_for_tests()) as s:
         yield s
 
 
