@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ferrousforge.api.completions import Job, Prompt, submit, usage
+from ferrousforge.api.completions import Job, Prompt, check_capacity, submit, usage
 from ferrousforge.api.json_schema import json_object_gbnf, schema_to_gbnf
 from ferrousforge.api.logprobs import chat_logprobs
 from ferrousforge.api.options import (
@@ -79,6 +79,9 @@ def start(
     """Render, tokenize and submit a request (blocking: run it through ``prepare``)."""
     if req.tools and req.tool_choice != "none":
         raise ValueError("tools: function calling is not supported")
+    # An n that can never fit is the answer whatever the template makes of the conversation
+    # (a model without one would otherwise say only that): check it before rendering.
+    check_capacity(lm, 1, req.n)
     grammar = grammar_for(req.response_format)
     prompt = prompt_of(req.messages, backend, lm, chat_template)
     top = req.top_logprobs if req.top_logprobs is not None else 0
