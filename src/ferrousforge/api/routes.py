@@ -157,7 +157,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
         text = body.content if body.content is not None else body.prompt
         if text is None:
             return []  # nothing to tokenize, as llama-server answers
-        return backend.tokenize(lm.handle, text, add_special=body.add_special)
+        return backend.tokenize(lm.handle, text, add_special=body.adds_special)
 
     ids = await asyncio.to_thread(ids_of)
     tokens: list = ids

@@ -235,7 +235,8 @@ class ChatCompletionRequest(SamplingFields):
 class TokenizeRequest(_Body):
     """POST /tokenize: llama-server's ``content`` or vLLM's ``prompt``, or chat ``messages``.
 
-    With none of them the answer is no tokens, as llama-server's.
+    With none of them the answer is no tokens, as llama-server's. Whether to add the model's
+    BOS is llama-server's ``add_special`` or vLLM's ``add_special_tokens`` (lm-eval sends it).
     """
 
     model: str | None = Field(None, max_length=MAX_NAME_CHARS)
@@ -243,7 +244,13 @@ class TokenizeRequest(_Body):
     prompt: Text | None = None
     messages: Messages | None = None
     add_special: StrictBool = True
+    add_special_tokens: StrictBool | None = None
     with_pieces: StrictBool = False
+
+    @property
+    def adds_special(self) -> bool:
+        """vLLM's name wins where a client sends it; else llama-server's (default true)."""
+        return self.add_special if self.add_special_tokens is None else self.add_special_tokens
 
 
 class DetokenizeRequest(_Body):
