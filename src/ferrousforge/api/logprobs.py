@@ -16,6 +16,9 @@ def legacy_logprobs(
 
     With an echoed ``prompt`` its tokens come first; the first has no log-probability.
     ``offset`` is the character position of the first token in the choice's text.
+    ``tokens`` are what each token adds to that text, so they join to it and ``text_offset``
+    points into it: a control token (a BOS the tokenizer added) adds nothing there, as in the
+    echoed prompt. ``top_logprobs`` keys name candidates, control tokens by their text.
     """
     tokens: list[str] = []
     token_lps: list[float | None] = []
@@ -24,11 +27,11 @@ def legacy_logprobs(
     if prompt:
         by_pos = [None, *(prompt_entries or [])]
         for tok, entry in zip(prompt, by_pos + [None] * (len(prompt) - len(by_pos)), strict=False):
-            tokens.append(vocab.token_text(tok))
+            tokens.append(_shown(vocab, tok))
             token_lps.append(entry.logprob if entry else None)
             tops.append({vocab.token_text(t): lp for t, lp in entry.top} if entry else None)
     for e in entries:
-        tokens.append(vocab.token_text(e.token))
+        tokens.append(_shown(vocab, e.token))
         token_lps.append(e.logprob)
         tops.append({vocab.token_text(t): lp for t, lp in e.top})
     for t in tokens:
@@ -40,6 +43,11 @@ def legacy_logprobs(
         "top_logprobs": tops,
         "text_offset": offsets,
     }
+
+
+def _shown(vocab, token: int) -> str:
+    """The token's text as the choice's text shows it (control tokens render as nothing)."""
+    return vocab.piece(token).decode("utf-8", errors="replace")
 
 
 def _token(vocab, token: int, logprob: float) -> dict:
