@@ -58,7 +58,7 @@ class ChunkResult:
 
     ``exhausted``: nothing could be sampled because no token is allowed (a grammar that
     is complete); the sequence ends with "stop". ``error``: sampling failed for this
-    sequence alone (it fails, the others go on). ``sample_s``: time spent sampling.
+    sequence alone (it fails, the others go on). ``sample_s``: CPU time spent sampling.
     """
 
     token: int | None = None

@@ -82,14 +82,14 @@ class LlamaRunner:
         raw = None
         if top_n is not None:  # from the raw logits, before grammar and sampler chain
             raw = as_float_array(self.ctx.logits_row(row), self.n_vocab).copy()
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time: the sampling's own cost, not the machine's load
         try:
             res.token = seq.sampler.sample(self.ctx.ptr, row, self._eog if seq.bans_eog else None)
         except NativeCallError as e:
             res.error = e  # this sequence fails; the sampler is not used again
             return res
         finally:
-            res.sample_s = time.perf_counter() - t0
+            res.sample_s = time.thread_time() - t0
         if res.token is None:
             res.exhausted = True
         elif raw is not None:
