@@ -11,7 +11,7 @@ import pytest
 from ferrousforge.api.json_schema import json_object_gbnf, schema_to_gbnf
 from ferrousforge.errors import GrammarError
 from ferrousforge.inference.backends.llama_cpp import gbnf
-from ferrousforge.inference.backends.llama_cpp.gbnf import check_grammar, check_repetitions
+from ferrousforge.inference.backends.llama_cpp.gbnf import check_grammar
 
 
 def _parens(depth: int) -> str:
@@ -99,9 +99,9 @@ def test_repetition_counts_are_bounded() -> None:
 def test_repetition_with_minimum_above_maximum_is_rejected() -> None:
     _rejects('root ::= "a"{3,1}', "{3,1}", "minimum above its maximum")
     _rejects('root ::= "a" { 5 , 2 }', "minimum above")
-    # the old name still works for callers that have not switched
+    # a repetition whose minimum exceeds its maximum, with a character class
     with pytest.raises(GrammarError):
-        check_repetitions("root ::= [a-z]{9,8}")
+        check_grammar("root ::= [a-z]{9,8}")
 
 
 def test_expanded_copies_are_bounded() -> None:

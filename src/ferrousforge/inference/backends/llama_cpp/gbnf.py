@@ -63,10 +63,6 @@ def check_grammar(grammar: str, *, must_end: bool = False) -> None:
             _fail(f"{names[min(endless)]} can never end (every way through it recurses)")
 
 
-# The former name, kept for callers that have not moved to check_grammar.
-check_repetitions = check_grammar
-
-
 def _fail(why: str) -> None:
     raise GrammarError(f"grammar: {why}")
 
