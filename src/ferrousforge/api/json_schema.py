@@ -72,8 +72,9 @@ def _fail(why: str) -> None:
 
 
 class _Converter:
-    def __init__(self, root_schema: dict[str, Any]) -> None:
+    def __init__(self, root_schema: dict[str, Any], prefix: str = "") -> None:
         self.root = root_schema
+        self.prefix = prefix  # keeps rule names of several schemas in one grammar apart
         self.rules: dict[str, str] = {}
         self.refs: dict[str, str] = {}  # $ref -> rule name
         self.depth = 0
@@ -97,7 +98,7 @@ class _Converter:
         return name
 
     def add(self, hint: str, body: str) -> str:
-        base = re.sub(r"[^a-zA-Z0-9-]+", "-", hint).strip("-") or "r"
+        base = re.sub(r"[^a-zA-Z0-9-]+", "-", self.prefix + hint).strip("-") or "r"
         name, i = base, 1
         while name in self.rules or name in _PRIMITIVES:
             i += 1
@@ -257,6 +258,16 @@ def schema_to_gbnf(schema: dict[str, Any] | bool) -> str:
         why = str(e).removeprefix("grammar: ")
         raise GrammarError(f"response_format: the schema's grammar is not usable: {why}") from e
     return grammar
+
+
+def schema_rules(schema: dict[str, Any] | bool, prefix: str) -> tuple[str, dict[str, str]]:
+    """An expression for JSON matching ``schema`` and the rules it needs, for embedding in a
+    larger grammar (tool calls). Rule names start with ``prefix``; the shared primitives
+    (``space``, ``string``...) do not, and have the same body in every schema.
+    """
+    conv = _Converter(schema if isinstance(schema, dict) else {}, prefix)
+    top = conv.visit(schema, "value")
+    return top, conv.rules
 
 
 def json_object_gbnf() -> str:
