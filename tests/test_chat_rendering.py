@@ -157,6 +157,8 @@ def test_arguments_print_as_json_whichever_way_a_template_reads_them():
 def test_arguments_that_are_not_a_json_object_stay_text():
     assert parsed_arguments("not json") == "not json"
     assert parsed_arguments("[1, 2]") == "[1, 2]"
+    deep = '{"a": ' * 100_000 + "1" + "}" * 100_000
+    assert parsed_arguments(deep) == deep
 
 
 def test_tool_choice_none_neither_passes_nor_describes_tools():
@@ -196,6 +198,24 @@ def test_call_ids_are_shortened_for_a_template_that_refuses_openai_ids():
     # no system role and no tool listing: both join the first user turn, in mistral syntax
     assert out.startswith("[INST] Answer in one short sentence.\n\nYou can call these tools")
     assert "[TOOL_CALLS][{" in out.split("[/INST]")[0]
+
+
+def test_calls_a_template_refuses_fall_back_to_text_in_its_format():
+    # Like Llama 3.1's own template: one call per turn, or it raises (the probe passes one).
+    single = (
+        "{% for m in messages %}{% if m.tool_calls and m.tool_calls | length > 1 %}"
+        "{{ raise_exception('only single tool calls') }}{% endif %}{% endfor %}"
+    ) + template("llama3")
+    assert template_caps(single).tool_calls
+    out = render(single, conversation())
+    assert (
+        '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", '
+        '"parameters": {"city": "Paris"}}; {"name": "get_weather", "parameters": '
+        '{"city": "Lyon"}}<|eot_id|>' in out
+    )
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\nlight rain" in out
+    with pytest.raises(ChatTemplateError, match="only single tool calls"):
+        render(single, [*conversation(), {"role": "system", "content": "late"}])
 
 
 # ---- polyfills for templates without tools -------------------------------------------------

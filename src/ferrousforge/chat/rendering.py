@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 from ferrousforge.chat.formats import ToolFormat, detect_format
 from ferrousforge.chat.tools import Tool, ToolChoice
+from ferrousforge.errors import ChatTemplateError
 from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
+
+log = logging.getLogger(__name__)
 
 RESERVED_KWARGS = frozenset(
     {"messages", "tools", "bos_token", "eos_token", "add_generation_prompt"}
@@ -53,13 +57,11 @@ def _printable(value: Any) -> Any:
 def parsed_arguments(arguments: Any) -> Any:
     """OpenAI's arguments string as an object templates can index, print or ``tojson``;
     anything that is not a JSON object text stays as it came."""
-    if isinstance(arguments, str):
-        try:
-            value = json.loads(arguments)
-        except ValueError:
-            return arguments
+    try:
+        value = json.loads(arguments) if isinstance(arguments, str) else arguments
         return _printable(value) if isinstance(value, dict) else arguments
-    return _printable(arguments) if isinstance(arguments, dict) else arguments
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to walk
+        return arguments
 
 
 # ---- capabilities ------------------------------------------------------------------------
@@ -177,28 +179,61 @@ def render_with_tools(
     if not template:  # render_chat explains the missing template
         return render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
     caps = template_caps(template)
-    native = fmt.name != "generic" and detect_format(template).name == fmt.name
+    if fmt.name == "generic" or detect_format(template).name != fmt.name:
+        # Its own tool prompt would teach another syntax than the grammar forces.
+        caps = replace(caps, tools=False, tool_calls=False)
     offered = tools if choice.mode != "none" else []
+    if offered and caps.tools:
+        extra["tools"] = [t.as_openai() for t in offered]
+    first_error = None
+    for shown in _fallbacks(caps, messages):
+        msgs = _conversation(messages, shown, offered, choice, fmt)
+        try:
+            return render_chat(
+                template,
+                msgs,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                add_generation_prompt=add_generation_prompt,
+                **extra,
+            )
+        except ChatTemplateError as e:
+            first_error = first_error or e
+            log.info("chat template refused the conversation (%s); retrying with less", e)
+    assert first_error is not None
+    raise first_error
+
+
+def _fallbacks(caps: TemplateCaps, messages: list[dict[str, Any]]) -> list[TemplateCaps]:
+    """``caps``, then less and less of the history shown natively: probes pass one call, but a
+    template may still refuse a conversation's (several calls at once, say)."""
+    out = [caps]
+    if caps.tool_calls and any(m.get("tool_calls") for m in messages):
+        out.append(replace(caps, tool_calls=False))
+    if caps.tool_responses and any(m.get("role") == "tool" for m in messages):
+        out.append(replace(out[-1], tool_responses=False))
+    return out
+
+
+def _conversation(
+    messages: list[dict[str, Any]],
+    caps: TemplateCaps,
+    offered: list[Tool],
+    choice: ToolChoice,
+    fmt: ToolFormat,
+) -> list[dict[str, Any]]:
+    """The messages to render: what ``caps`` lacks written as plain turns."""
     msgs = [_prepared(m, short_ids=caps.short_call_ids) for m in messages]
     names = _call_names(msgs)
-    if not (native and caps.tool_calls):
+    if not caps.tool_calls:
         msgs = [_calls_as_text(m, fmt) for m in msgs]
     if not caps.tool_responses:
         msgs = _responses_as_user(msgs, names)
-    if offered and native and caps.tools:
-        extra["tools"] = [t.as_openai() for t in offered]
-    elif offered:
+    if offered and not caps.tools:
         msgs = _with_system_text(msgs, describe_tools(offered, choice, fmt))
     if not caps.system:
         msgs = _system_into_user(msgs)
-    return render_chat(
-        template,
-        msgs,
-        bos_token=bos_token,
-        eos_token=eos_token,
-        add_generation_prompt=add_generation_prompt,
-        **extra,
-    )
+    return msgs
 
 
 def _checked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
