@@ -157,7 +157,6 @@ def test_arguments_keep_unicode_and_nesting():
     "call",
     [
         '{"name": "get_weather", "arguments": {"city": Paris}}',  # malformed JSON
-        '{"name": "get_weather", "arguments": {"city": "Paris"}',  # cut short
         '{"name": "get_wether", "arguments": {"city": "Paris"}}',  # unknown tool
         '{"name": "get_weather", "arguments": {"town": "Paris"}}',  # misses required "city"
         '{"name": "get_weather", "arguments": {"city": 7}}',  # wrong type
@@ -169,11 +168,30 @@ def test_arguments_keep_unicode_and_nesting():
     ],
 )
 def test_invalid_calls_come_back_as_content(call):
-    for text in (f"<tool_call>{call}</tool_call>", f"Text. <tool_call>{call}"):
+    for text in (f"<tool_call>{call}</tool_call>", f"Text. <tool_call>{call} more"):
         msg = parse(text)
         assert msg.tool_calls == []
         assert msg.content == text
         assert same(aggregate(stream(list(text))), msg)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "cut"),
+    [
+        ("hermes", 'Checking. <tool_call>\n{"name": "get_weather", "arguments":'),
+        ("hermes", "Checking. <tool_call>\n"),
+        ("hermes", f'Checking. <tool_call>{PARIS}</tool_call> <tool_call>{{"name": "get_t'),
+        ("llama3", 'Checking. {"name": "get_weather", "parameters": {"city": "Pa'),
+        ("mistral", f"Checking. [TOOL_CALLS][{PARIS}, "),
+        ("mistral", "Checking. [TOOL_CALLS] ["),
+        ("generic", f'{{"tool_calls": [{PARIS}, {{"name"'),
+    ],
+)
+def test_a_call_cut_short_at_max_tokens_is_dropped(fmt, cut):
+    msg = parse(cut, fmt=fmt)
+    assert msg.content == ("" if fmt == "generic" else "Checking.")
+    assert [c.name for c in msg.tool_calls] == (["get_weather"] if PARIS in cut else [])
+    assert same(aggregate(stream(list(cut), fmt=fmt)), msg)
 
 
 def test_invalid_call_next_to_a_valid_one():
@@ -185,7 +203,6 @@ def test_invalid_call_next_to_a_valid_one():
 
 def test_marker_without_a_call_is_content():
     assert parse("Use the <tool_call> tag.").content == "Use the <tool_call> tag."
-    assert parse("text <tool_call>").content == "text <tool_call>"
     assert parse("<tool_call>[]</tool_call>").content == "<tool_call>[]</tool_call>"
 
 

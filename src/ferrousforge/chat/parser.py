@@ -3,8 +3,8 @@
 Text arrives one token at a time, split anywhere (inside a marker, inside JSON). Content goes
 out as soon as it cannot be the start of a call, reasoning as soon as it cannot be the close
 marker, and a call once its JSON object is complete and its arguments validate against the
-tool's schema. Whatever fails (bad JSON, unknown tool, invalid arguments, output cut short)
-comes back as content, never as a call.
+tool's schema. A complete object that fails (bad JSON, unknown tool, invalid arguments) comes
+back as content, never as a call; a call the output ends inside (max_tokens) is dropped.
 
 Everything is scanned once: each state looks only at text it has not decided yet, and a call
 object's end is found by an incremental depth scan before ``json.loads`` sees it.
@@ -479,6 +479,13 @@ class ChatParser:
         self._g_prefix = ""
         return self._goto(_State.CONTENT)
 
+    def _cut_short(self) -> bool:
+        """Generation ended inside a call (max_tokens): the grammar had it, so it is no
+        text the model meant to say, and not a call either; it is dropped."""
+        log.debug("generation ended inside a call: %.200s", self._g_prefix + self._buf[self._pos :])
+        self._g_prefix = ""
+        return self._end_group(len(self._buf))
+
     def _end_group(self, pos: int) -> bool:
         self._after_call = True
         return self._goto(_State.CONTENT, pos)
@@ -497,7 +504,7 @@ class ChatParser:
     def _group_open(self) -> bool:
         i = self._hold_ws()
         if i == len(self._buf):
-            return self._fail_group() if self._final else False
+            return self._cut_short() if self._final else False
         c = self._buf[i]
         if c == "[":
             self._g_prefix += c
@@ -512,7 +519,7 @@ class ChatParser:
         if i == len(self._buf):
             if not self._final:
                 return False
-            return self._end_group(i) if self._g_ok else self._fail_group()
+            return self._end_group(i) if self._g_ok else self._cut_short()
         c = self._buf[i]
         if c == "{":
             return self._start_element(i)
@@ -564,7 +571,7 @@ class ChatParser:
         if end is None:
             if not self._final:
                 return False
-            return self._bad_element(len(buf))  # cut short: never a call
+            return self._cut_short()
         call = self._parse_call(buf[pos:end])
         if call is None:
             return self._bad_element(end)
