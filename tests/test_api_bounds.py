@@ -90,13 +90,19 @@ BAD_CHATS = [
         {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
         "messages.0.content.0.type",
     ),
-    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ({"function_call": "auto"}, "function_call"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "any"},
+        "tool_choice",
+    ),
+    ({"tools": [{"function": {"name": "f"}}] * 129}, "tools"),
+    ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
     ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
     ({"web_search_options": {}}, "web_search_options"),
-    ({"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
+    ({"chat_template_kwargs": {f"k{i}": i for i in range(65)}}, "chat_template_kwargs"),
+    ({"reasoning_format": "hidden"}, "reasoning_format"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"logprobs": 1}, "logprobs"),
     ({"top_logprobs": 0}, "top_logprobs"),
@@ -114,9 +120,9 @@ def test_chat_fields_that_cannot_be_honoured_are_400(client, fields, param) -> N
 
 
 def test_unsupported_fields_name_what_is_unsupported(client) -> None:
-    body = {"messages": CHAT, "functions": [{"name": "f"}]}
-    err = _rejected(client, "/v1/chat/completions", body, "functions")
-    assert err["message"] == "functions: function calling is not supported"
+    body = {"messages": CHAT, "prediction": {"type": "content", "content": "x"}}
+    err = _rejected(client, "/v1/chat/completions", body, "prediction")
+    assert err["message"] == "prediction: predicted outputs is not supported"
 
 
 def test_non_finite_numbers_are_400(client) -> None:
@@ -150,6 +156,15 @@ def test_bounds_are_inclusive(client, ok, bad) -> None:
 CHAT_EDGES = [
     ({"logprobs": True, "top_logprobs": 0}, {"top_logprobs": 0}),
     ({"modalities": ["text"], "functions": None}, {"modalities": ["audio"]}),
+    (
+        {
+            "functions": [{"name": "f"}],
+            "function_call": {"name": "f"},
+            "parallel_tool_calls": False,
+        },
+        {"function_call": {"name": "f"}},
+    ),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, {"chat_template_kwargs": []}),
     ({"user": "u", "metadata": {"a": "b"}, "store": False}, {"audio": {"voice": "alloy"}}),
 ]
 

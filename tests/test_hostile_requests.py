@@ -40,6 +40,14 @@ def completion(**extra) -> tuple[str, dict]:
     return "/v1/completions", {"prompt": "Answer:", "max_tokens": 16, **extra}
 
 
+def tool(parameters) -> dict:
+    return {"type": "function", "function": {"name": "f", "parameters": parameters}}
+
+
+def named(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
 def json_format(schema) -> dict:
     return {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
 
@@ -63,7 +71,9 @@ CASES = [
     ("empty type", chat(**json_format({"type": []})), 400),
     ("top-level enum", chat(**json_format({"enum": ["yes", "no"]})), "stop"),
     ("wizard", chat(messages=[{"role": "wizard", "content": "hi"}]), 400),
-    ("functions", chat(functions=[{"name": "f", "parameters": {}}]), 400),
+    ("bad tool name", chat(functions=[{"name": "no spaces allowed", "parameters": {}}]), 400),
+    ("bad tool schema", chat(tools=[tool({"type": "object", "properties": {"a": 5}})]), 400),
+    ("unknown tool", chat(tools=[tool({})], tool_choice=named("other")), 400),
     ("bool max_tokens", completion(max_tokens=True), 400),
     ("bool tokens", ("/detokenize", {"tokens": [False]}), 400),
     ("huge n", completion(n=10_000), 400),

@@ -63,20 +63,20 @@ async def served(model_path: Path) -> AsyncIterator[Served]:
 
 
 class SlowRender:
-    """Wraps backend.render_chat: a conversation saying 'slow' blocks until released."""
+    """Wraps backend.plan_chat: a conversation saying 'slow' blocks until released."""
 
     def __init__(self, backend) -> None:
-        self.inner = backend.render_chat
+        self.inner = backend.plan_chat
         self.started = threading.Event()
         self.release = threading.Event()
         self.done: list[str] = []
 
-    def __call__(self, handle, chat):
+    def __call__(self, handle, chat, *rest):
         if chat.messages[-1]["content"] == "slow":
             self.started.set()
             self.release.wait(timeout=30)  # bounded, so old code fails instead of hanging
             self.done.append("slow prepared")
-        return self.inner(handle, chat)
+        return self.inner(handle, chat, *rest)
 
 
 async def _until(flag: threading.Event) -> None:
@@ -101,7 +101,7 @@ def _chat(content: str, **extra) -> dict:
 
 async def test_an_expensive_setup_delays_only_its_own_request(served: Served) -> None:
     slow = SlowRender(served.registry.backend)
-    served.registry.backend.render_chat = slow
+    served.registry.backend.plan_chat = slow
     big = asyncio.create_task(served.client.post("/v1/chat/completions", json=_chat("slow")))
     await _until(slow.started)
     health = await served.client.get("/health")
@@ -117,7 +117,7 @@ async def test_an_expensive_setup_delays_only_its_own_request(served: Served) ->
 
 async def test_a_client_gone_during_preparation_leaves_no_slot_behind(served: Served) -> None:
     slow = SlowRender(served.registry.backend)
-    served.registry.backend.render_chat = slow
+    served.registry.backend.plan_chat = slow
     long = _chat("slow", max_tokens=200, ignore_eos=True)
     big = asyncio.create_task(served.client.post("/v1/chat/completions", json=long))
     await _until(slow.started)

@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,9 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
+
+
+ToolFormatName = Literal["auto", "hermes", "llama3", "mistral", "generic"]
 
 
 class ModelSettings(BaseModel):
@@ -42,6 +45,9 @@ class ModelSettings(BaseModel):
     batch_size: int | None = Field(None, ge=1)
     max_waiting: int | None = Field(None, ge=0)
     chat_template: str | None = Field(None, description="Jinja2 template overriding the GGUF's")
+    tool_format: ToolFormatName | None = Field(
+        None, description="tool-call format (default: the server's --tool-format)"
+    )
 
 
 class ServerSettings(BaseSettings):
@@ -96,6 +102,16 @@ class ServerSettings(BaseSettings):
     )
     llama_lib: str | None = Field(
         None, description="use this libllama (file or directory) instead of the bundled one"
+    )
+    tool_format: ToolFormatName = Field(
+        "auto",
+        description="how models write tool calls: auto (found from the chat template), "
+        "hermes, llama3, mistral or generic (JSON answer, for templates without tools)",
+    )
+    reasoning_format: Literal["auto", "none"] = Field(
+        "auto",
+        description="auto: a leading <think>...</think> block (or the template's own markers) "
+        "goes to reasoning_content; none: it stays in the content",
     )
     log_level: str = Field("info", description="debug, info, warning or error")
 
@@ -189,6 +205,14 @@ def add_settings_arguments(
                 _flag(name),
                 dest=name,
                 action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif typing.get_origin(base) is Literal:
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                choices=typing.get_args(base),
                 default=None,
                 help=help_text,
             )

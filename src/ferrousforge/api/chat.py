@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -26,22 +27,37 @@ from ferrousforge.api.schemas import (
     JSONObjectFormat,
     JSONSchemaFormat,
     ResponseFormat,
+    TextFormat,
 )
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
+from ferrousforge.chat.parser import CallDelta, ContentDelta, Event, ParsedMessage, ReasoningDelta
+from ferrousforge.chat.plan import ChatPlan, ChatSpec
+from ferrousforge.chat.tools import Tool, parse_tool_choice
 from ferrousforge.inference.backend import BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the template expects them; text parts joined into one string."""
+    """Messages as the template expects them; text parts joined into one string, legacy
+    ``function_call`` / ``function`` messages as ``tool_calls`` / ``tool`` ones."""
     out = []
     for m in messages:
         d = m.model_dump(exclude_none=True)
         if isinstance(m.content, list):
             d["content"] = "".join(part.text for part in m.content)
         d.setdefault("content", "")
+        call = d.pop("function_call", None)
+        if m.role == "assistant" and isinstance(call, dict) and "tool_calls" not in d:
+            d["tool_calls"] = [{"id": f"call_{len(out)}", "type": "function", "function": call}]
+        if m.role == "function":
+            prev = out[-1] if out else {}
+            ids = [c.get("id") for c in prev.get("tool_calls") or [] if isinstance(c, dict)]
+            d = {"role": "tool", "name": m.name, "content": d["content"]}
+            if ids:
+                d["tool_call_id"] = ids[0]
         out.append(d)
     return out
 
@@ -67,23 +83,61 @@ def prompt_of(
     return Prompt(text, backend.tokenize(lm.handle, text))
 
 
+@dataclass(slots=True)
+class ChatJob(Job):
+    """A chat Job with its plan (how to read the output) and whether it used ``functions``."""
+
+    chat: ChatPlan | None = None
+    legacy: bool = False
+
+
+def tool_spec(req: ChatCompletionRequest, settings: ServerSettings, model: ModelSpec) -> ChatSpec:
+    """Tools, tool choice and reasoning settings of a request (ValueError naming the field)."""
+    legacy = req.functions is not None
+    if legacy:
+        tools = [Tool.from_openai(f, f"functions[{i}]") for i, f in enumerate(req.functions)]
+        choice = parse_tool_choice(req.function_call, tools, "function_call")
+    else:
+        tools = [Tool.from_openai(t, f"tools[{i}]") for i, t in enumerate(req.tools or [])]
+        choice = parse_tool_choice(req.tool_choice, tools)
+    if len({t.name for t in tools}) != len(tools):
+        raise ValueError(f"{'functions' if legacy else 'tools'}: two tools have the same name")
+    if choice.mode != "none" and (req.grammar is not None or not _is_text(req.response_format)):
+        what = "grammar" if req.grammar is not None else "response_format"
+        raise ValueError(f"{what}: cannot be combined with tools unless tool_choice is 'none'")
+    reasoning = (req.reasoning_format or settings.reasoning_format) != "none"
+    return ChatSpec(
+        tools=tools,
+        choice=choice,
+        parallel=req.parallel_tool_calls and not legacy,  # legacy answers hold one call
+        template_kwargs=req.chat_template_kwargs,
+        reasoning=reasoning,
+        tool_format=model.tool_format or settings.tool_format,
+    )
+
+
+def _is_text(fmt: ResponseFormat | None) -> bool:
+    return fmt is None or isinstance(fmt, TextFormat)
+
+
 def start(
     req: ChatCompletionRequest,
     backend: LlamaCppBackend,
     lm: LoadedModel,
     model_id: str,
     settings: ServerSettings,
-    chat_template: str | None,
+    model: ModelSpec,
     loop: asyncio.AbstractEventLoop,
-) -> Job:
+) -> ChatJob:
     """Render, tokenize and submit a request (blocking: run it through ``prepare``)."""
-    if req.tools and req.tool_choice != "none":
-        raise ValueError("tools: function calling is not supported")
     # An n that can never fit is the answer whatever the template makes of the conversation
     # (a model without one would otherwise say only that): check it before rendering.
     check_capacity(lm, 1, req.n)
+    spec = tool_spec(req, settings, model)
     grammar = grammar_for(req.response_format)
-    prompt = prompt_of(req.messages, backend, lm, chat_template)
+    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=model.chat_template)
+    plan = backend.plan_chat(lm.handle, chat, spec)
+    prompt = Prompt(plan.prompt, backend.tokenize(lm.handle, plan.prompt))
     top = req.top_logprobs if req.top_logprobs is not None else 0
 
     def plan_for(p: Prompt) -> GenerationPlan:
@@ -94,15 +148,38 @@ def start(
             n_ctx=seq_context(lm),
             ceiling=settings.max_tokens_limit,
         )
-        return plan_generation(
+        gen = plan_generation(
             req, max_tokens=mt, grammar=grammar, logprobs=top if req.logprobs else None
         )
+        gen.options = plan.options(gen.options)
+        return gen
 
-    streams, plan = submit(backend, lm, [prompt], plan_for, req.n, loop)
-    return Job(model_id, lm, [prompt], streams, plan, req.n)
+    streams, gen = submit(backend, lm, [prompt], plan_for, req.n, loop)
+    return ChatJob(model_id, lm, [prompt], streams, gen, req.n, plan, req.functions is not None)
 
 
-async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Response:
+def _message(job: ChatJob, msg: ParsedMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": "assistant", "content": msg.content, "refusal": None}
+    if msg.reasoning is not None:
+        out["reasoning_content"] = msg.reasoning
+    if msg.tool_calls:
+        if not msg.content:
+            out["content"] = None  # as OpenAI: a message that only calls has null content
+        if job.legacy:
+            call = msg.tool_calls[0]
+            out["function_call"] = {"name": call.name, "arguments": call.arguments}
+        else:
+            out["tool_calls"] = [c.as_openai() for c in msg.tool_calls]
+    return out
+
+
+def _finish(job: ChatJob, reason: str | None, called: bool) -> str | None:
+    if called and reason == "stop":
+        return "function_call" if job.legacy else "tool_calls"
+    return reason
+
+
+async def respond(req: ChatCompletionRequest, job: ChatJob, request: Request) -> Response:
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         return sse_response(_events(req, job, cid, created), on_close=job.abort)
@@ -113,12 +190,13 @@ async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Res
     body_choices, completion = [], 0
     for i, ch in enumerate(choices):
         assert ch.final is not None
+        msg = job.chat.parse(ch.text) if job.chat else ParsedMessage(ch.text, None, [])
         body_choices.append(
             {
                 "index": i,
-                "message": {"role": "assistant", "content": ch.text, "refusal": None},
+                "message": _message(job, msg),
                 "logprobs": chat_logprobs(job.lm.vocab, ch.logprobs) if req.logprobs else None,
-                "finish_reason": ch.final.finish_reason,
+                "finish_reason": _finish(job, ch.final.finish_reason, bool(msg.tool_calls)),
             }
         )
         completion += ch.final.completion_tokens
@@ -136,8 +214,36 @@ async def respond(req: ChatCompletionRequest, job: Job, request: Request) -> Res
     )
 
 
+def _deltas(job: ChatJob, events: list[Event]) -> list[dict[str, Any]]:
+    """OpenAI stream deltas for parser events: a call is a first delta with its id and name,
+    then its arguments."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        if isinstance(e, ContentDelta):
+            if out and set(out[-1]) == {"content"}:
+                out[-1]["content"] += e.text
+            else:
+                out.append({"content": e.text})
+        elif isinstance(e, ReasoningDelta):
+            if out and set(out[-1]) == {"reasoning_content"}:
+                out[-1]["reasoning_content"] += e.text
+            else:
+                out.append({"reasoning_content": e.text})
+        elif job.legacy:
+            out.append({"function_call": {"name": e.call.name, "arguments": ""}})
+            out.append({"function_call": {"arguments": e.call.arguments}})
+        else:
+            head = {"index": e.index, "id": e.call.id, "type": "function"}
+            fn = {"name": e.call.name, "arguments": ""}
+            out.append({"tool_calls": [{**head, "function": fn}]})
+            out.append(
+                {"tool_calls": [{"index": e.index, "function": {"arguments": e.call.arguments}}]}
+            )
+    return out
+
+
 async def _events(
-    req: ChatCompletionRequest, job: Job, cid: str, created: int
+    req: ChatCompletionRequest, job: ChatJob, cid: str, created: int
 ) -> AsyncIterator[str]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     base: dict[str, Any] = {
@@ -149,51 +255,33 @@ async def _events(
     }
     if include_usage:
         base["usage"] = None
+
+    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None) -> str:
+        choice = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
+        return event({**base, "choices": [choice]})
+
     for i in range(len(job.streams)):  # OpenAI's first chunk of each choice carries the role
-        yield event(
-            {
-                **base,
-                "choices": [
-                    {
-                        "index": i,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
+        yield chunk(i, {"role": "assistant", "content": ""})
+    parsers = [job.chat.parser() if job.chat else None for _ in job.streams]
+    called = [False] * len(job.streams)
     completion, cached = 0, 0
     async for i, out in merge(job.streams):
         lps = chat_logprobs(job.lm.vocab, out.logprobs) if req.logprobs and out.logprobs else None
-        if out.text or lps:
-            yield event(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": i,
-                            "delta": {"content": out.text},
-                            "logprobs": lps,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-            )
+        parser = parsers[i]
+        if parser is None:
+            deltas = [{"content": out.text}] if out.text else []
+        else:
+            events = parser.feed(out.text) if out.text else []
+            if out.finish_reason is not None:
+                events += parser.finish()
+            called[i] = called[i] or any(isinstance(e, CallDelta) for e in events)
+            deltas = _deltas(job, events)
+        if lps and not deltas:
+            deltas = [{}]  # log-probabilities of tokens still held back by the parser
+        for k, delta in enumerate(deltas):
+            yield chunk(i, delta, lps if k == 0 else None)
         if out.finish_reason is not None:
-            yield event(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": i,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": out.finish_reason,
-                        }
-                    ],
-                }
-            )
+            yield chunk(i, {}, None, _finish(job, out.finish_reason, called[i]))
             completion += out.completion_tokens
             cached = out.cached_tokens if i == 0 else cached
     if include_usage:

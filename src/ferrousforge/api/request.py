@@ -106,6 +106,21 @@ def _check_strings(name: str, items: list[str], count: int, chars: int) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class GrammarTrigger:
+    """Makes ``InferenceOptions.grammar`` lazy: free generation until one of ``patterns``
+    (Python regular expressions) matches the generated text; the grammar then applies from
+    the start of that match, which it must accept (tool calls under ``tool_choice="auto"``).
+
+    Text between ``skip`` markers (a reasoning block: open, close) never triggers;
+    ``inside_skip`` says the generation starts inside such a block.
+    """
+
+    patterns: tuple[str, ...]
+    skip: tuple[str, str] | None = None
+    inside_skip: bool = False
+
+
 @dataclass(slots=True)
 class InferenceOptions:
     """How to generate: sampling parameters, limits and stop conditions.
@@ -140,6 +155,10 @@ class InferenceOptions:
     xtc_probability: float = 0.0  # 0 disables XTC
     xtc_threshold: float = 0.1
     grammar: str | None = None  # GBNF, root rule "root"
+    grammar_trigger: GrammarTrigger | None = None  # lazy grammar: applies from a trigger on
+    # Texts of special tokens that appear in the output when sampled (tool-call markers that
+    # some vocabularies hold as control tokens, which would otherwise render as nothing).
+    preserved_tokens: list[str] = field(default_factory=list)
     logprobs: int | None = None  # top-N log-probabilities per generated token
     echo_logprobs: bool = False  # also log-probabilities of the prompt tokens
 
@@ -173,6 +192,12 @@ class InferenceOptions:
             "dry_sequence_breakers", self.dry_sequence_breakers, MAX_BREAKERS, MAX_BREAKER_CHARS
         )
         _check(self.grammar is None or bool(self.grammar.strip()), "grammar", "a non-empty GBNF")
+        _check(
+            self.grammar_trigger is None
+            or (self.grammar is not None and self.grammar_trigger.patterns),
+            "grammar_trigger",
+            "given with a grammar and at least one pattern",
+        )
 
     @property
     def greedy(self) -> bool:

@@ -69,9 +69,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     st = state(request)
     mid, lm = model_for(request, body.model)
-    template = st.registry.spec(mid).chat_template
+    spec = st.registry.spec(mid)
     job = await completions.prepare(
-        lambda loop: chat.start(body, st.registry.backend, lm, mid, st.settings, template, loop)
+        lambda loop: chat.start(body, st.registry.backend, lm, mid, st.settings, spec, loop)
     )
     return await _respond(job, chat.respond(body, job, request), body.stream)
 

@@ -68,7 +68,6 @@ def _unsupported(what: str) -> Any:
     return Annotated[None, BeforeValidator(reject), Field(description=f"not supported: {what}")]
 
 
-NoFunctionCalling = _unsupported("function calling")
 NoAudio = _unsupported("audio output")
 NoPrediction = _unsupported("predicted outputs")
 NoWebSearch = _unsupported("web search")
@@ -210,6 +209,10 @@ class ChatCompletionRequest(SamplingFields):
     def _check_together(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tools is not None and self.functions is not None:
+            raise ValueError("functions: give tools or the legacy functions, not both")
+        if self.function_call is not None and self.functions is None:
+            raise ValueError("function_call: needs functions")
         if self.tool_choice not in (None, "none", "auto") and not self.tools:
             raise ValueError("tool_choice: a tool choice other than none or auto needs tools")
         return self
@@ -219,13 +222,20 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
-    tool_choice: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | dict[str, Any] | None = None
-    chat_template_kwargs: (
-        Annotated[dict[str, Any], Field(max_length=0, description="not supported yet")] | None
+    tool_choice: (
+        Literal["none", "auto", "required"] | Annotated[dict[str, Any], Field(max_length=4)] | None
     ) = None
+    parallel_tool_calls: StrictBool = True
+    # Legacy function calling (one call per answer), mapped onto tools.
+    functions: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    function_call: (
+        Literal["none", "auto"] | Annotated[dict[str, Any], Field(max_length=4)] | None
+    ) = None
+    # Extra variables for the chat template, e.g. {"enable_thinking": false}.
+    chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=64)] | None = None
+    # llama-server's: "none" leaves <think>...</think> in the content.
+    reasoning_format: Literal["auto", "deepseek", "none"] | None = None
     # Output-changing OpenAI fields this server cannot honour: a 400, never ignored.
-    functions: NoFunctionCalling = None
-    function_call: NoFunctionCalling = None
     audio: NoAudio = None
     modalities: list[Literal["text"]] | None = Field(None, max_length=1)
     prediction: NoPrediction = None

@@ -213,12 +213,16 @@ def build_constraint(
     triggers = [re.escape(fmt.start)] if fmt.start else []
     names = "|".join(re.escape(t.name) for t in offered)
     triggers.append(r'\{\s*"name"\s*:\s*"(?:' + names + ')"')
-    return ToolConstraint(_checked(lines), lazy=True, triggers=tuple(triggers), preserved=fmt.markers)
+    return ToolConstraint(
+        _checked(lines), lazy=True, triggers=tuple(triggers), preserved=fmt.markers
+    )
 
 
 def _generic_root(parallel: bool, *, allow_text: bool) -> str:
     more = ' ("," space call)*' if parallel else ""
-    calls = f'"{{" space "\\"tool_calls\\"" space ":" space "[" space call{more} "]" space "}}" space'
+    calls = (
+        f'"{{" space "\\"tool_calls\\"" space ":" space "[" space call{more} "]" space "}}" space'
+    )
     if not allow_text:
         return f"({calls})"
     text = '"{" space "\\"response\\"" space ":" space response-text "}" space'

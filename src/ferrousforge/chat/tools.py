@@ -50,8 +50,9 @@ class Tool:
         try:
             jsonschema.validators.validator_for(params).check_schema(params)
         except jsonschema.SchemaError as e:
-            raise ValueError(f"{where}: parameters of '{name}' is not a valid JSON Schema: "
-                             f"{e.message}") from None
+            raise ValueError(
+                f"{where}: parameters of '{name}' is not a valid JSON Schema: {e.message}"
+            ) from None
         return cls(name, desc, params)
 
     def as_openai(self) -> dict[str, Any]:
@@ -65,7 +66,9 @@ class Tool:
     def check_arguments(self, arguments: Any) -> str | None:
         """None when ``arguments`` validate against the schema, else why not."""
         validator_cls = jsonschema.validators.validator_for(self.parameters)
-        error = jsonschema.exceptions.best_match(validator_cls(self.parameters).iter_errors(arguments))
+        error = jsonschema.exceptions.best_match(
+            validator_cls(self.parameters).iter_errors(arguments)
+        )
         return None if error is None else error.message
 
 
@@ -95,8 +98,9 @@ def parse_tool_choice(value: Any, tools: list[Tool], where: str = "tool_choice")
         fn = value.get("function") if "function" in value else value
         name = fn.get("name") if isinstance(fn, dict) else None
         if not isinstance(name, str):
-            raise ValueError(f"{where}: a named choice is {{\"type\": \"function\", "
-                             f"\"function\": {{\"name\": ...}}}}")
+            raise ValueError(
+                f'{where}: a named choice is {{"type": "function", "function": {{"name": ...}}}}'
+            )
         if name not in {t.name for t in tools}:
             raise ValueError(f"{where}: no tool named '{name}' was given")
         return ToolChoice("required", name)

@@ -139,7 +139,7 @@ class Engine:
             sampler=sampler,
             share_prefix_with=share_prefix_with,
         )
-        seq.output = Detokenizer(self.piece, limits.stop)
+        seq.output = Detokenizer(limits.piece or self.piece, limits.stop)
         stream = RequestStream(self, seq, loop)
         seq.sink = self._make_sink(stream, loop)
         with self._cond:

@@ -40,6 +40,9 @@ class SamplingLimits:
     logprobs: int | None = None
     echo_logprobs: bool = False
     stop: list[str] = field(default_factory=list)
+    # How this request's tokens become text (None: the engine's piece function); set when
+    # some special tokens must be rendered (InferenceOptions.preserved_tokens).
+    piece: Callable[[int], bytes] | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.chat.tools import ToolCall
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class AcceleratorType:
@@ -124,9 +125,21 @@ class BackendInput:
 
     @dataclass(frozen=True, slots=True)
     class Chat:
+        """OpenAI-style messages. ``tools`` are OpenAI tool objects; ``tool_choice`` is
+        ``"auto"`` (the default with tools), ``"none"``, ``"required"`` or
+        ``{"type": "function", "function": {"name": ...}}``. With ``reasoning`` a leading
+        ``<think>`` block (or the template's own markers) goes to the output's ``reasoning``.
+        """
+
         messages: list[dict[str, Any]]
         chat_template: str | None = None  # overrides the model's template
         add_generation_prompt: bool = True
+        tools: list[dict[str, Any]] | None = None
+        tool_choice: str | dict[str, Any] | None = None
+        parallel_tool_calls: bool = True
+        chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": False}
+        reasoning: bool = True
+        tool_format: str | None = None  # hermes, llama3, mistral, generic; None: detect
 
 
 Input = BackendInput.Text | BackendInput.Tokens | BackendInput.Chat
@@ -170,6 +183,10 @@ class BackendOutput:
         timings: Timings
         logprobs: list[TokenLogprob] | None = None
         prompt_logprobs: list[TokenLogprob | None] | None = None
+        # Chat inputs: the calls the model made (text is then only the content around them)
+        # and its reasoning, when it wrote any.
+        tool_calls: list[ToolCall] = field(default_factory=list)
+        reasoning: str | None = None
 
     @dataclass(slots=True)
     class Chunk:
@@ -180,6 +197,8 @@ class BackendOutput:
         timings: Timings | None = None
         logprobs: list[TokenLogprob] | None = None
         prompt_logprobs: list[TokenLogprob | None] | None = None
+        tool_calls: list[ToolCall] = field(default_factory=list)  # complete calls
+        reasoning: str = ""  # reasoning text in this delta
 
 
 @dataclass(frozen=True, slots=True)

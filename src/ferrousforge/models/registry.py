@@ -29,6 +29,7 @@ class ModelSpec:
     path: Path
     config: BackendConfig
     chat_template: str | None = None
+    tool_format: str | None = None  # None: the server's setting
 
 
 def resolve_model_path(
@@ -98,6 +99,7 @@ def model_specs(
                 path,
                 backend_config(settings, own, progress),
                 own.chat_template if own else None,
+                own.tool_format if own else None,
             )
         ]
     specs, seen = [], set()
@@ -107,7 +109,13 @@ def model_specs(
             raise ValueError(f"models: alias '{mid}' is declared twice")
         seen.add(mid)
         specs.append(
-            ModelSpec(mid, Path(m.path), backend_config(settings, m, progress), m.chat_template)
+            ModelSpec(
+                mid,
+                Path(m.path),
+                backend_config(settings, m, progress),
+                m.chat_template,
+                m.tool_format,
+            )
         )
     return specs
 

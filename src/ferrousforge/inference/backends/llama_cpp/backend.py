@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.engine.engine import Engine, RequestOutput, RequestStream
@@ -25,13 +26,15 @@ from ferrousforge.inference.backend import (
     TokenLogprob,
     Usage,
 )
-from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
 from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
 from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
 from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
 from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
+
+if TYPE_CHECKING:
+    from ferrousforge.chat.plan import ChatPlan, ChatSpec
 
 log = logging.getLogger(__name__)
 _handle_ids = itertools.count(1)
@@ -73,10 +76,14 @@ class LoadedModel:
         self.model.close()
 
 
-def _limits(o: InferenceOptions) -> SamplingLimits:
-    return SamplingLimits(
+def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
+    limits = SamplingLimits(
         o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
     )
+    keep = vocab.special_ids(o.preserved_tokens) if o.preserved_tokens else frozenset()
+    if keep:
+        limits.piece = lambda t: vocab.piece(t, t in keep)
+    return limits
 
 
 class LlamaCppBackend:
@@ -146,16 +153,43 @@ class LlamaCppBackend:
 
     # ---- prompts -----------------------------------------------------------------
 
-    def render_chat(self, handle: ModelHandle, chat: BackendInput.Chat) -> str:
+    def plan_chat(
+        self, handle: ModelHandle, chat: BackendInput.Chat, spec: ChatSpec | None = None
+    ) -> ChatPlan:
+        """The chat's prompt, tool grammar and output parser (blocking: template rendering).
+
+        ``spec`` (the HTTP routes pass one) replaces the tool settings read from ``chat``.
+        """
+        # The chat layer sits above this package (it imports the grammar tools from here).
+        from ferrousforge.chat.plan import ChatSpec, plan_chat
+        from ferrousforge.chat.tools import Tool, parse_tool_choice
+
         lm = self.loaded(handle)
         vocab = lm.vocab
-        return render_chat(
+        if spec is None:
+            tools = [Tool.from_openai(t, f"tools[{i}]") for i, t in enumerate(chat.tools or [])]
+            choice = None
+            if tools or chat.tool_choice is not None:
+                choice = parse_tool_choice(chat.tool_choice, tools)
+            spec = ChatSpec(
+                tools=tools,
+                choice=choice,
+                parallel=chat.parallel_tool_calls,
+                template_kwargs=chat.chat_template_kwargs,
+                reasoning=chat.reasoning,
+                tool_format=chat.tool_format,
+            )
+        return plan_chat(
             chat.chat_template or lm.model.chat_template,
             chat.messages,
+            spec,
             bos_token=vocab.token_text(vocab.bos) if vocab.bos >= 0 else "",
             eos_token=vocab.token_text(vocab.eos) if vocab.eos >= 0 else "",
             add_generation_prompt=chat.add_generation_prompt,
         )
+
+    def render_chat(self, handle: ModelHandle, chat: BackendInput.Chat) -> str:
+        return self.plan_chat(handle, chat).prompt
 
     def tokenize(self, handle: ModelHandle, text: str, add_special: bool = True) -> list[int]:
         vocab = self.loaded(handle).vocab
@@ -211,12 +245,17 @@ class LlamaCppBackend:
                     opts,
                     lm.n_ctx_seq,
                     budget_s=lm.engine.sample_budget_s,
+                    piece=lambda t, v=lm.vocab: v.piece(t, True),
                 )
                 try:
                     leader = streams[0].seq if streams else None
                     streams.append(
                         lm.engine.add_request(
-                            prompt_ids, _limits(opts), sampler, share_prefix_with=leader, loop=loop
+                            prompt_ids,
+                            _limits(opts, lm.vocab),
+                            sampler,
+                            share_prefix_with=leader,
+                            loop=loop,
                         )
                     )
                 except BaseException:
@@ -228,24 +267,32 @@ class LlamaCppBackend:
             raise
         return streams
 
+    def _plan_input(
+        self, handle: ModelHandle, input: Input, options: InferenceOptions
+    ) -> tuple[list[int], InferenceOptions, ChatPlan | None]:
+        if isinstance(input, BackendInput.Chat):
+            plan = self.plan_chat(handle, input)
+            return self.tokenize(handle, plan.prompt), plan.options(options), plan
+        return self.prompt_ids(handle, input), options, None
+
     async def _prepare(
         self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions
-    ) -> tuple[list[list[int]], list[RequestStream]]:
+    ) -> tuple[list[_Prepared], list[RequestStream]]:
         """Tokenize and submit in a worker thread: a chat template, a large grammar or a long
         list of DRY breakers then delays only this call, never the event loop."""
         loop = asyncio.get_running_loop()
 
-        def build() -> tuple[list[list[int]], list[RequestStream]]:
-            prompts = [self.prompt_ids(handle, i) for i in inputs]
+        def build() -> tuple[list[_Prepared], list[RequestStream]]:
+            prepared = [_Prepared(*self._plan_input(handle, i, options)) for i in inputs]
             streams: list[RequestStream] = []
             try:
-                for ids in prompts:
-                    streams.extend(self.submit(handle, ids, options, loop=loop))
+                for p in prepared:
+                    streams.extend(self.submit(handle, p.ids, p.options, loop=loop))
             except BaseException:
                 for st in streams:
                     st.abort()
                 raise
-            return prompts, streams
+            return prepared, streams
 
         built = loop.run_in_executor(None, build)
         try:
@@ -262,11 +309,22 @@ class LlamaCppBackend:
         Breaking out of the loop or cancelling the task frees the slot within one step.
         """
         options = options or InferenceOptions()
-        (ids,), (stream,) = await self._prepare(handle, [input], options)
+        (p,), (stream,) = await self._prepare(handle, [input], options)
         vocab = self.loaded(handle).vocab
+        parser = p.plan.parser() if p.plan is not None else None
+        calls = 0
         try:
             async for out in stream:
-                yield to_chunk(out, vocab, ids if options.echo_logprobs else None)
+                chunk = to_chunk(out, vocab, p.ids if options.echo_logprobs else None)
+                if parser is not None:
+                    events = parser.feed(out.text)
+                    if out.finish_reason is not None:
+                        events += parser.finish()
+                    _apply_events(chunk, events)
+                    calls += len(chunk.tool_calls)
+                    if calls and chunk.finish_reason == "stop":
+                        chunk.finish_reason = "tool_calls"
+                yield chunk
         finally:
             stream.abort()
 
@@ -275,28 +333,50 @@ class LlamaCppBackend:
     ) -> BackendOutput.Text:
         """Generate a whole completion."""
         options = options or InferenceOptions()
-        (ids,), (stream,) = await self._prepare(handle, [input], options)
-        return await collect(stream, self.loaded(handle).vocab, ids, options)
+        (p,), (stream,) = await self._prepare(handle, [input], options)
+        return _parsed(await collect(stream, self.loaded(handle).vocab, p.ids, options), p.plan)
 
     async def infer_batch(
         self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions | None = None
     ) -> list[BackendOutput.Text]:
         """Generate for every input together: each engine step decodes all of them at once."""
         options = options or InferenceOptions()
-        prompts, streams = await self._prepare(handle, inputs, options)
+        prepared, streams = await self._prepare(handle, inputs, options)
         try:
             vocab = self.loaded(handle).vocab
-            return list(
-                await asyncio.gather(
-                    *(
-                        collect(s, vocab, ids, options)
-                        for s, ids in zip(streams, prompts, strict=True)
-                    )
-                )
+            results = await asyncio.gather(
+                *(collect(s, vocab, p.ids, options) for s, p in zip(streams, prepared, strict=True))
             )
+            return [_parsed(r, p.plan) for r, p in zip(results, prepared, strict=True)]
         finally:
             for s in streams:
                 s.abort()
+
+
+@dataclass(slots=True)
+class _Prepared:
+    ids: list[int]
+    options: InferenceOptions
+    plan: ChatPlan | None
+
+
+def _apply_events(chunk: BackendOutput.Chunk, events: list) -> None:
+    """A chunk's text becomes only its content; reasoning and calls get their own fields."""
+    from ferrousforge.chat.parser import CallDelta, ContentDelta, ReasoningDelta
+
+    chunk.text = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    chunk.reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    chunk.tool_calls = [e.call for e in events if isinstance(e, CallDelta)]
+
+
+def _parsed(result: BackendOutput.Text, plan: ChatPlan | None) -> BackendOutput.Text:
+    if plan is None:
+        return result
+    msg = plan.parse(result.text)
+    result.text, result.reasoning, result.tool_calls = msg.content, msg.reasoning, msg.tool_calls
+    if msg.tool_calls and result.finish_reason == "stop":
+        result.finish_reason = "tool_calls"
+    return result
 
 
 def _abort_when_built(built: asyncio.Future) -> None:

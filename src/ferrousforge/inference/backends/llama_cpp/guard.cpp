@@ -157,6 +157,19 @@ int32_t ff_grammar_init(const llama_vocab * vocab, const char * text, const char
     });
 }
 
+// A lazy grammar that wakes on `pattern` (a std::regex; the constrained text starts at its
+// first group). Used with a pattern that matches at once on a short replay of the tokens
+// that start a tool call: the text before them is never searched (see lazy_grammar.py).
+int32_t ff_grammar_init_lazy(const llama_vocab * vocab, const char * text, const char * root,
+                             const char * pattern, llama_sampler ** out, char * err,
+                             size_t err_len) {
+    return guarded(err, err_len, [&]() -> int32_t {
+        const char * patterns[1] = {pattern};
+        *out = llama_sampler_init_grammar_lazy_patterns(vocab, text, root, patterns, 1, nullptr, 0);
+        return FF_OK;
+    });
+}
+
 int32_t ff_sampler_accept(llama_sampler * smpl, llama_token token, char * err, size_t err_len) {
     return guarded(err, err_len, [&]() -> int32_t {
         llama_sampler_accept(smpl, token);

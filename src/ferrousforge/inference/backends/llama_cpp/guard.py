@@ -100,6 +100,7 @@ def _declare(shim: ctypes.CDLL) -> None:
         "ff_sample": [_P, _P, _P, i32, p_i32, i32, p_i32, *err],
         "ff_grammar_probe": [_P, i32, p_i32, *err],
         "ff_grammar_init": [_P, _c.c_char_p, _c.c_char_p, _c.POINTER(_P), *err],
+        "ff_grammar_init_lazy": [_P, _c.c_char_p, _c.c_char_p, _c.c_char_p, _c.POINTER(_P), *err],
         "ff_sampler_accept": [_P, i32, *err],
         "ff_decode": [_P, _P, p_i32, *err],
         "ff_tokenize": [_P, _c.c_char_p, i32, p_i32, i32, _c.c_bool, _c.c_bool, p_i32, *err],
@@ -166,6 +167,31 @@ class Guard:
             "grammar",
         )
         return out.value
+
+    def grammar_init_lazy(self, vocab, text: bytes, pattern: bytes, root: bytes = b"root"):
+        """A lazy grammar sampler waking on ``pattern``, or NULL when llama.cpp rejects it."""
+        if self._shim is None:
+            arr = (ctypes.c_char_p * 1)(pattern)
+            return self._lib.llama_sampler_init_grammar_lazy_patterns(
+                vocab, text, root, arr, 1, None, 0
+            )
+        err, out = self._err(), _P()
+        self._check(
+            self._shim.ff_grammar_init_lazy(
+                vocab, text, root, pattern, ctypes.byref(out), err, _ERR_LEN
+            ),
+            err,
+            "grammar",
+        )
+        return out.value
+
+    def sampler_accept(self, sampler, token: int) -> None:
+        """Feed one token to a sampler (NativeCallError if llama.cpp throws)."""
+        if self._shim is None:
+            self._lib.llama_sampler_accept(sampler, token)
+            return
+        err = self._err()
+        self._check(self._shim.ff_sampler_accept(sampler, token, err, _ERR_LEN), err, "sampler")
 
     def grammar_probe(self, grammar, n_vocab: int) -> int | None:
         """How many tokens the grammar allows first (None without the shim)."""

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import random
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.errors import GrammarError, NativeCallError
 from ferrousforge.inference.backends.llama_cpp.gbnf import check_grammar
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
+from ferrousforge.inference.backends.llama_cpp.lazy_grammar import TriggerWatcher, replay_pattern
 from ferrousforge.inference.backends.llama_cpp.library import (
     log_lines_since,
     log_mark,
     native_guard,
 )
+
+log = logging.getLogger(__name__)
 
 
 class SamplerChain(NativeHandle):
@@ -30,6 +35,9 @@ class SamplerChain(NativeHandle):
     ``n_ctx`` caps the penalty and DRY windows (-1 means the whole context). With
     ``budget_s``, a grammar whose first constrained step alone takes longer is
     rejected here, in the caller's thread, before it can slow the engine.
+
+    With ``opts.grammar_trigger`` the grammar is lazy: ``piece`` (token -> bytes, special
+    tokens rendered) feeds a TriggerWatcher, and the grammar is created when it fires.
     """
 
     _what = "sampler"
@@ -42,23 +50,49 @@ class SamplerChain(NativeHandle):
         opts: InferenceOptions,
         n_ctx: int = 4096,
         budget_s: float | None = None,
+        piece: Callable[[int], bytes] | None = None,
     ) -> None:
         super().__init__(lib)
         self._keep: list[object] = []  # ctypes arrays the chain points into
         self._guard = native_guard()
         self.grammar = None  # a separate llama_sampler, freed with the chain
+        self._vocab = vocab_ptr
+        self._lazy: tuple[bytes, TriggerWatcher] | None = None
         params = lib.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = lib.llama_sampler_chain_init(params)
         self._ptr = chain
         try:
-            if opts.grammar:
+            if opts.grammar and opts.grammar_trigger is not None:
+                self._init_lazy(vocab_ptr, n_vocab, opts, budget_s, piece)
+            elif opts.grammar:
                 self._init_grammar(vocab_ptr, n_vocab, opts.grammar, budget_s)
             self._build(vocab_ptr, n_vocab, opts, n_ctx)
         except BaseException:
             self.close()
             raise
         self.seed = opts.seed
+
+    def _init_lazy(self, vocab_ptr, n_vocab, opts: InferenceOptions, budget_s, piece) -> None:
+        """Check the grammar now (parse, cost), create it when the trigger fires."""
+        trigger = opts.grammar_trigger
+        assert trigger is not None and opts.grammar is not None
+        self._init_grammar(vocab_ptr, n_vocab, opts.grammar, budget_s)
+        if not self._guard.active:  # llama.cpp's own lazy grammar, first in the chain
+            # The eager grammar _init_grammar just put first in the chain: swap it out.
+            self._lib.llama_sampler_free(self._lib.llama_sampler_chain_remove(self._ptr, 0))
+            g = self._guard.grammar_init_lazy(
+                vocab_ptr, opts.grammar.encode(), "|".join(trigger.patterns).encode()
+            )
+            if not g:
+                raise GrammarError("grammar: llama.cpp rejected the lazy grammar")
+            self._lib.llama_sampler_chain_add(self._ptr, g)
+            return
+        self._lib.llama_sampler_free(self.grammar)
+        self.grammar = None
+        if piece is None:
+            raise ValueError("grammar_trigger: needs the vocabulary's token pieces")
+        self._lazy = (opts.grammar.encode(), TriggerWatcher(trigger, piece))
 
     def _init_grammar(self, vocab_ptr, n_vocab: int, text: str, budget_s: float | None) -> None:
         check_grammar(text)
@@ -172,7 +206,34 @@ class SamplerChain(NativeHandle):
         None when no token is allowed (a completed grammar); NativeCallError if llama.cpp
         threw, after which this sampler must not be used again.
         """
-        return self._guard.sample(self.ptr, self.grammar, ctx_ptr, row, banned)
+        token = self._guard.sample(self.ptr, self.grammar, ctx_ptr, row, banned)
+        if self._lazy is not None and token is not None:
+            self._watch(token)
+        return token
+
+    def _watch(self, token: int) -> None:
+        assert self._lazy is not None
+        text, watcher = self._lazy
+        found = watcher.push(token)
+        if found is None:
+            return
+        self._lazy = None
+        tokens, offset = found
+        g = self._guard.grammar_init_lazy(self._vocab, text, replay_pattern(offset))
+        if not g:
+            log.warning("lazy grammar: llama.cpp rejected the grammar at its trigger")
+            return
+        try:
+            for t in tokens:  # the first one wakes it; the rest are checked by the grammar
+                self._guard.sampler_accept(g, t)
+        except NativeCallError as e:
+            # The text that completed the trigger already breaks the grammar (a marker
+            # followed by something else in one token): this output stays unconstrained,
+            # and the parser returns whatever it is as text, never as a call.
+            log.info("lazy grammar: the trigger's own text does not parse (%s)", e)
+            self._lib.llama_sampler_free(g)
+            return
+        self.grammar = ctypes.cast(g, type(self._ptr))
 
     def _free(self, ptr) -> None:
         if self.grammar is not None:

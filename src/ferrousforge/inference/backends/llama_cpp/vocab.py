@@ -21,6 +21,7 @@ class Vocab:
         self.add_bos = bool(lib.llama_vocab_get_add_bos(ptr))
         self.eog_ids = frozenset(t for t in range(self.n_tokens) if lib.llama_vocab_is_eog(ptr, t))
         self._pieces: list[bytes | None] = [None] * self.n_tokens
+        self._special_pieces: dict[int, bytes] = {}
 
     @property
     def ptr(self) -> ctypes.c_void_p:
@@ -42,7 +43,10 @@ class Vocab:
     def piece(self, token: int, special: bool = False) -> bytes:
         """The bytes of one token (special tokens render as empty unless ``special``)."""
         if special:
-            return self._render(token, True)
+            got = self._special_pieces.get(token)
+            if got is None:
+                got = self._special_pieces[token] = self._render(token, True)
+            return got
         cached = self._pieces[token]
         if cached is None:
             cached = self._pieces[token] = self._render(token, False)
@@ -55,6 +59,16 @@ class Vocab:
             buf = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self._ptr, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def special_ids(self, texts: list[str]) -> frozenset[int]:
+        """The ids of those ``texts`` that are one special token each (others are plain text,
+        which renders anyway)."""
+        ids = set()
+        for text in texts:
+            toks = self.tokenize(text, add_special=False, parse_special=True)
+            if len(toks) == 1 and self.piece(toks[0]) != self.piece(toks[0], special=True):
+                ids.add(toks[0])
+        return frozenset(ids)
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str:
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
