@@ -482,7 +482,7 @@ class ChatParser:
     def _cut_short(self) -> bool:
         """Generation ended inside a call (max_tokens): the grammar had it, so it is no
         text the model meant to say, and not a call either; it is dropped."""
-        log.debug("generation ended inside a call: %.200s", self._g_prefix + self._buf[self._pos :])
+        log.debug("generation ended inside a call: %.300r", self._g_prefix + self._buf[self._pos :])
         self._g_prefix = ""
         return self._end_group(len(self._buf))
 
