@@ -6,9 +6,11 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import jsonschema
+import regex
 
 MAX_TOOL_NAME = 64  # OpenAI's limit; names also become grammar literals and regex alternatives
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -65,11 +67,66 @@ class Tool:
 
     def check_arguments(self, arguments: Any) -> str | None:
         """None when ``arguments`` validate against the schema, else why not."""
-        validator_cls = jsonschema.validators.validator_for(self.parameters)
-        error = jsonschema.exceptions.best_match(
-            validator_cls(self.parameters).iter_errors(arguments)
-        )
+        validator = _validator(json.dumps(self.parameters, sort_keys=True))
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         return None if error is None else error.message
+
+
+# Schemas come from clients: a `pattern` like ^(a|a)*$ would take exponential time on the
+# generated text in Python's re (on the event loop). Patterns run with a time limit.
+PATTERN_TIMEOUT_S = 0.05
+
+
+def _matches(pattern: str, text: str) -> bool | None:
+    """Whether ``pattern`` is found in ``text``; None when checking it took too long."""
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_TIMEOUT_S) is not None
+    except TimeoutError:
+        return None
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not _matches(pattern, instance):
+        yield jsonschema.ValidationError(
+            f"{instance!r} does not match {pattern!r} (or took too long)"
+        )
+
+
+def _pattern_properties(validator, patterns, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _matches(pattern, key) is not False:  # too slow to tell: checked anyway
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator, additional, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    declared = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extra = [k for k in instance if k not in declared and not any(_matches(p, k) for p in patterns)]
+    if additional is False and extra:
+        yield jsonschema.ValidationError(f"additional properties are not allowed: {extra}")
+    elif isinstance(additional, dict):
+        for k in extra:
+            yield from validator.descend(instance[k], additional, path=k)
+
+
+_SAFE_KEYWORDS = {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+}
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    """A compiled validator per schema: building one costs more than most validations."""
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.extend(jsonschema.validators.validator_for(schema), _SAFE_KEYWORDS)
+    return cls(schema)
 
 
 @dataclass(frozen=True, slots=True)
