@@ -6,6 +6,8 @@ import pytest
 # The scripted runner lives beside the tests, not in the package.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from live_server import pytest_runtest_makereport  # noqa: F401  (server log in failed tests)
+
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from live_server import live_server
 from model_traits import GENERIC_CHAT_TEMPLATE, has_chat_template
 
 from ferrousforge.models.default_model import default_model_path
@@ -80,12 +76,6 @@ CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -95,9 +85,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
     folder = tmp_path_factory.mktemp("hostile")
-    log = folder / "server.log"
     extra: list[str] = []
     if not has_chat_template():  # these tests are about the API: give such a model a template
         (folder / "models.toml").write_text(
@@ -105,26 +93,9 @@ def server(tmp_path_factory):
             f"chat_template = {json.dumps(GENERIC_CHAT_TEMPLATE)}\n"
         )
         extra = ["--config", str(folder / "models.toml")]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(port),
-             "--threads", "2", "--parallel", "4", "--ctx-size", "4096", *extra],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.2)
-    yield url, proc, log
-    proc.terminate()
-    proc.wait(30)
+    args = ["--parallel", "4", "--ctx-size", "4096", *extra]
+    with live_server(*args, log_dir=folder) as live:
+        yield live.url, live.proc, live.log
 
 
 def _post(url: str, path: str, body: dict) -> httpx.Response:

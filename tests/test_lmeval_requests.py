@@ -18,16 +18,12 @@ RemoteTokenizer in lm_eval/utils.py):
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from operator import itemgetter
 
 import httpx
 import pytest
+from live_server import live_server
 from model_traits import NEAR_TIE, batch_invariant
 
 pytestmark = pytest.mark.server
@@ -36,44 +32,12 @@ KEY = "sk-lmeval"
 N_CTX = 256  # per request: --ctx-size 512 split over --parallel 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     """A real server with an API key; yields its URL."""
-    port = _free_port()
-    args = ["--port", str(port), "--threads", "2", "--parallel", "2", "--ctx-size", str(2 * N_CTX)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferrousforge.cli.main", "serve", *args, "--api-key", KEY],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(450):  # bounded wait for the model to load
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    args = ["--parallel", "2", "--ctx-size", str(2 * N_CTX), "--api-key", KEY]
+    with live_server(*args) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from live_server import free_port
 from test_gguf import gguf_bytes
 
 from ferrousforge.api.app import create_app
@@ -30,14 +30,8 @@ def refused(tmp_path: Path) -> Path:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(_free_port())]
+    cmd = [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(free_port())]
     # The timeout only keeps a regression (a server that never exits) from hanging the run.
     return subprocess.run(
         [*cmd, "--threads", "2", *args], capture_output=True, text=True, timeout=120

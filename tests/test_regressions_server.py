@@ -7,15 +7,11 @@ max_tokens ceiling: each asserts exact numbers, not just that some text came bac
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from live_server import live_server
 from model_traits import requires_chat_template
 
 pytestmark = pytest.mark.server
@@ -25,58 +21,13 @@ LIMIT = 8  # --max-tokens-limit: every request here stays within it unless testi
 CHAT = [{"role": "user", "content": "Write a long story about a dragon."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "ferrousforge.cli.main",
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        "2",
-        "--parallel",
-        "4",
-        "--ctx-size",
-        "2048",
-        "--max-tokens-limit",
-        str(LIMIT),
-    ]
-    env = {**os.environ, "FERROUSFORGE_API_KEY": KEY}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not become ready")
-            time.sleep(0.2)
+    args = ["--parallel", "4", "--ctx-size", "2048", "--max-tokens-limit", str(LIMIT)]
+    with live_server(*args, env={"FERROUSFORGE_API_KEY": KEY}) as server:
         headers = {"Authorization": f"Bearer {KEY}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
             yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def sse_lines(http: httpx.Client, path: str, body: dict) -> list[str]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +13,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from live_server import live_server
 from model_traits import GENERIC_CHAT_TEMPLATE, has_chat_template
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
@@ -44,49 +42,9 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], env: dict[str, str], key: str | None) -> Iterator[Server]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "ferrousforge.cli.main",
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        "2",
-        *args,
-    ]
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not become ready")
-            time.sleep(0.2)
-        yield Server(url, proc, key)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with live_server(*args, env=env) as live:
+        yield Server(live.url, live.proc, key)
 
 
 def _template_config(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
