@@ -329,3 +329,10 @@ def test_template_failures_stay_chat_template_errors():
         )
     with pytest.raises(ChatTemplateError, match="no tools here"):
         render("{{ raise_exception('no tools here') }}", msgs)
+
+
+def test_generation_blocks_render_their_body():
+    """Hugging Face's {% generation %} tag (training masks) appears in newer templates."""
+    src = "{% for m in messages %}{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render_chat(src, msgs, bos_token="", eos_token="") == "[hi]"

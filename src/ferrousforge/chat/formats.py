@@ -41,6 +41,9 @@ class ToolFormat:
     separator: str | None = None  # between bare calls (llama3: ";")
     args_key: str = "arguments"
     start_optional: bool = False  # llama3's <|python_tag|> may be left out
+    # Llama 3.x takes one call per turn (its template refuses several): parallel_tool_calls
+    # cannot ask for more, or a small model repeats the same call until max_tokens.
+    single_call: bool = False
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -51,7 +54,12 @@ class ToolFormat:
 FORMATS: dict[str, ToolFormat] = {
     "hermes": ToolFormat("hermes", "<tool_call>", "</tool_call>", per_call=True),
     "llama3": ToolFormat(
-        "llama3", "<|python_tag|>", separator=";", args_key="parameters", start_optional=True
+        "llama3",
+        "<|python_tag|>",
+        separator=";",
+        args_key="parameters",
+        start_optional=True,
+        single_call=True,
     ),
     "mistral": ToolFormat("mistral", "[TOOL_CALLS]", array=True),
     "generic": ToolFormat("generic"),
@@ -187,6 +195,7 @@ def build_constraint(
     """
     if choice.mode == "none" or not tools:
         return None
+    parallel = parallel and not fmt.single_call
     offered = [t for t in tools if choice.name is None or t.name == choice.name]
     keys = (fmt.args_key,) if choice.forces_call else ("arguments", "parameters")
     generic = fmt.name == "generic"

@@ -150,7 +150,7 @@ def plan_chat(
         prompt=prompt,
         tools=spec.tools,
         fmt=fmt if calls else None,
-        parallel=spec.parallel,
+        parallel=spec.parallel and not fmt.single_call,
         constraint=constraint,
         reasoning=marks,
         in_reasoning=in_reasoning,
