@@ -379,14 +379,15 @@ def test_forced_call_after_thinking_parses(client: openai.OpenAI) -> None:
 class GetWeather(BaseModel):
     """The current weather in a city."""
 
-    city: str = Field(description="the city")
+    city: str = Field(max_length=32, description="the city")
     unit: Literal["celsius", "fahrenheit"]
 
 
 class GetTime(BaseModel):
     """The current time in a timezone."""
 
-    timezone: str = Field(description="an IANA timezone, e.g. Europe/Paris")
+    # Bounded: this tiny model may otherwise write one string until max_tokens cuts the call.
+    timezone: str = Field(max_length=32, description="an IANA timezone, e.g. Europe/Paris")
 
 
 LC_TOOLS = {"GetWeather": GetWeather, "GetTime": GetTime}
@@ -405,7 +406,7 @@ def chat_model(server: LiveServer, fmt: str) -> Any:
         api_key="none",
         model=fmt,
         temperature=0,
-        max_tokens=MAX_TOKENS,
+        max_tokens=96,
         max_retries=0,
     )
 
