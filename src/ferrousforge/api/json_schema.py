@@ -251,12 +251,17 @@ def schema_to_gbnf(schema: dict[str, Any] | bool) -> str:
     top = conv.visit(schema, "root-value")
     lines = [f"root ::= {top}"]
     lines += [f"{name} ::= {body}" for name, body in conv.rules.items()]
+    return checked_grammar(lines, "response_format: the schema's grammar")
+
+
+def checked_grammar(lines: list[str], what: str) -> str:
+    """The rules as one grammar, within the grammar limits (GrammarError naming ``what``)."""
     grammar = "\n".join(lines) + "\n"
     try:
         check_grammar(grammar, must_end=True)
     except GrammarError as e:
         why = str(e).removeprefix("grammar: ")
-        raise GrammarError(f"response_format: the schema's grammar is not usable: {why}") from e
+        raise GrammarError(f"{what} is not usable: {why}") from e
     return grammar
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ferrousforge.api.json_schema import gbnf_literal, schema_rules
+from ferrousforge.api.json_schema import checked_grammar, gbnf_literal, schema_rules
 from ferrousforge.chat.reasoning import ReasoningMarkers
 from ferrousforge.chat.tools import Tool, ToolChoice
 from ferrousforge.errors import GrammarError
-from ferrousforge.inference.backends.llama_cpp.gbnf import check_grammar
 
 FORMAT_NAMES = ("hermes", "llama3", "mistral", "generic")
 
@@ -239,10 +238,4 @@ def _generic_root(parallel: bool, *, allow_text: bool) -> str:
 
 
 def _checked(lines: list[str]) -> str:
-    grammar = "\n".join(lines) + "\n"
-    try:
-        check_grammar(grammar, must_end=True)
-    except GrammarError as e:
-        why = str(e).removeprefix("grammar: ")
-        raise GrammarError(f"tools: the tools' grammar is not usable: {why}") from e
-    return grammar
+    return checked_grammar(lines, "tools: the tools' grammar")
