@@ -515,3 +515,20 @@ def test_a_long_stream_in_one_token_pieces():
     events = stream(list(text))
     assert [e.index for e in events if isinstance(e, CallDelta)] == list(range(300))
     assert not [e for e in events if isinstance(e, ContentDelta)]
+
+
+def test_an_end_marker_cut_by_max_tokens_is_not_content():
+    """A complete call whose </tool_call> max_tokens cut short: the call, and no text."""
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool'
+    msg = parse_message(text, FORMATS["hermes"], TOOLS, reasoning=None)
+    assert msg.content == ""
+    assert [c.name for c in msg.tool_calls] == ["get_weather"]
+
+
+def test_the_next_calls_marker_cut_by_max_tokens_is_not_content():
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    msg = parse_message(call + "\n<tool", FORMATS["hermes"], TOOLS, reasoning=None)
+    assert msg.content == ""
+    assert len(msg.tool_calls) == 1
+    # before any call, the same text is what the model said
+    assert parse_message("a <tool", FORMATS["hermes"], TOOLS, reasoning=None).content == "a <tool"

@@ -88,10 +88,11 @@ def test_a_template_that_raises_on_a_probe_lacks_that_capability():
     assert template_caps(template("alternating")) == TemplateCaps(False, False, False, False)
 
 
-def test_bundled_model_template_knows_no_tools(model_path):
+def test_bundled_model_template_knows_no_tools():
     from ferrousforge.inference.gguf import read_gguf
+    from ferrousforge.models.default_model import bundled_model_path
 
-    caps = template_caps(read_gguf(model_path).chat_template)
+    caps = template_caps(read_gguf(bundled_model_path()).chat_template)
     assert caps == TemplateCaps(True, False, False, False)
 
 

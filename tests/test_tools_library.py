@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from model_traits import chat_template_for_tests
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
@@ -22,8 +23,9 @@ from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
 pytestmark = pytest.mark.integration
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
-# None: the model's own template, which knows no tools (the generic JSON format).
-FORMATS = {"generic": None} | {
+# The model's own template, which knows no tools (the generic JSON format); a model without
+# one gets a generic chat template that knows none either.
+FORMATS = {"generic": chat_template_for_tests()} | {
     name: (TEMPLATES / f"{name}.jinja").read_text()
     for name in ("hermes", "llama3", "mistral", "qwen3_think")
 }

@@ -21,6 +21,7 @@ import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from live_server import LiveServer, live_server, write_models_config
+from model_traits import batch_invariant, chat_template_for_tests
 from pydantic import BaseModel, Field
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -71,7 +72,10 @@ CHOICES = {"required": REQUIRED, "named": NAMED}
 @pytest.fixture(scope="module")
 def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("tools")
-    models = [{"alias": "generic", "path": str(model_path)}] + [
+    generic = {"alias": "generic", "path": str(model_path)}
+    if chat_template_for_tests() is not None:  # a model without a template of its own
+        generic["chat_template"] = chat_template_for_tests()
+    models = [generic] + [
         {
             "alias": name,
             "path": str(model_path),
@@ -400,13 +404,13 @@ class Capital(BaseModel):
     capital: str
 
 
-def chat_model(server: LiveServer, fmt: str) -> Any:
+def chat_model(server: LiveServer, fmt: str, max_tokens: int = 96) -> Any:
     return ChatOpenAI(
         base_url=server.url + "/v1",
         api_key="none",
         model=fmt,
         temperature=0,
-        max_tokens=96,
+        max_tokens=max_tokens,
         max_retries=0,
     )
 
@@ -459,7 +463,12 @@ def test_langchain_tool_result_round_trip(server: LiveServer) -> None:
 
 @pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
 def test_langchain_structured_output(server: LiveServer, method: str) -> None:
-    llm = chat_model(server, "hermes").with_structured_output(Capital, method=method)
+    # json_mode constrains to any JSON object, not to the schema: whether the model stops after
+    # the two keys is up to it (Gemma 3 270M adds keys until max_tokens).
+    if method == "json_mode" and not batch_invariant():
+        pytest.skip("json_mode: only the bundled model is known to close the object")
+    llm = chat_model(server, "hermes", 256 if method == "json_mode" else 96)
+    llm = llm.with_structured_output(Capital, method=method)
     prompt = "What is the capital of France?"
     if method == "json_mode":  # json_mode sends no schema: the prompt has to
         prompt += ' Answer in JSON like {"country": "...", "capital": "..."}.'

@@ -61,7 +61,7 @@ class ParsedMessage:
 
 
 # What a matcher answers besides a match (an index >= 0 just past it).
-_FAIL, _PARTIAL = -1, -2
+_FAIL, _PARTIAL, _CUT = -1, -2, -3
 _WS_CHARS = " \t\r\n"
 # Longest whitespace run inside a call's opening; longer is not a call (and keeps the text
 # held back while undecided short). The grammars write at most 21.
@@ -393,6 +393,9 @@ class ChatParser:
             self._pos = self._scan = c
             if kind == _PARTIAL:
                 return False
+            if kind == _CUT:
+                self._pos = self._scan = len(buf)
+                return False
             return self._open_group(kind, at)
 
     def _skip_after_call(self) -> bool:
@@ -425,6 +428,8 @@ class ChatParser:
             r = _match_seq(buf, c, (self._start,), self._final)
             if r != _FAIL:
                 return (1, r) if r >= 0 else (_PARTIAL, 0)
+            if self._final and self._calls and self._start.startswith(buf[c:]):
+                return _CUT, 0  # max_tokens cut the next call's marker: syntax, not text
         if ch == "`":
             return self._fence(c)
         if ch == "{":
@@ -544,6 +549,8 @@ class ChatParser:
                 return False
             if r >= 0:
                 i = r
+            elif self._final and self._g_end.startswith(buf[i:]):
+                i = len(buf)  # max_tokens cut the end marker: call syntax, not content
         return self._end_group(i)
 
     def _close_array(self, pos: int) -> bool:
