@@ -83,3 +83,16 @@ def test_a_catastrophic_pattern_cannot_stall_validation():
     t0 = time.perf_counter()
     assert t.check_arguments({"s": "a" * 40 + "b"}) is not None
     assert time.perf_counter() - t0 < 5  # a bound on a hang, not a speed measurement
+
+
+def test_nesting_is_bounded_before_jsonschema_recurses():
+    """jsonschema recurses per level: 800 nested properties raised RecursionError (a 500)."""
+    deep: dict = {"type": "object"}
+    for _ in range(800):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(ValueError, match="nest deeper than 128"):
+        Tool.from_openai(tool(parameters=deep))
+    lists: list = []
+    for _ in range(800):
+        lists = [lists]
+    assert "nest deeper" in Tool.from_openai(tool(parameters={})).check_arguments({"a": lists})

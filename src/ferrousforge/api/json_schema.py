@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from ferrousforge.chat.tools import nesting
 from ferrousforge.errors import GrammarError
 from ferrousforge.inference.backends.llama_cpp.gbnf import MAX_REPETITION, check_grammar
 
@@ -81,7 +82,7 @@ class _Converter:
 
     def literal(self, value: Any, hint: str) -> str:
         """A JSON value's exact text, then optional whitespace (which pulls in ``space``)."""
-        if _nesting(value) > MAX_SCHEMA_DEPTH:
+        if nesting(value) > MAX_SCHEMA_DEPTH:
             _fail(f"a const or enum value at '{hint}' is nested over {MAX_SCHEMA_DEPTH} deep")
         text = json.dumps(value, ensure_ascii=False)
         try:
@@ -278,19 +279,6 @@ def schema_rules(schema: dict[str, Any] | bool, prefix: str) -> tuple[str, dict[
 def json_object_gbnf() -> str:
     """Any JSON object (response_format type json_object)."""
     return schema_to_gbnf({"type": "object"})
-
-
-def _nesting(value: Any) -> int:
-    """How deep lists and objects nest in a JSON value (without recursing)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        deepest = max(deepest, d)
-        if isinstance(v, dict):
-            todo += [(x, d + 1) for x in v.values()]
-        elif isinstance(v, list):
-            todo += [(x, d + 1) for x in v]
-    return deepest
 
 
 def _nonempty_list(schema: dict[str, Any], key: str, hint: str) -> list[Any]:

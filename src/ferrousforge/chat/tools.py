@@ -12,6 +12,7 @@ from typing import Any, Literal
 import jsonschema
 import regex
 
+MAX_SCHEMA_NESTING = 128  # objects and lists in parameters or arguments: jsonschema recurses
 MAX_TOOL_NAME = 64  # OpenAI's limit; names also become grammar literals and regex alternatives
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -49,6 +50,8 @@ class Tool:
             params = {"type": "object", "properties": {}}
         if not isinstance(params, dict):
             raise ValueError(f"{where}: parameters must be a JSON Schema object")
+        if nesting(params) > MAX_SCHEMA_NESTING:
+            raise ValueError(f"{where}: parameters nest deeper than {MAX_SCHEMA_NESTING} levels")
         try:
             jsonschema.validators.validator_for(params).check_schema(params)
         except jsonschema.SchemaError as e:
@@ -67,6 +70,8 @@ class Tool:
 
     def check_arguments(self, arguments: Any) -> str | None:
         """None when ``arguments`` validate against the schema, else why not."""
+        if nesting(arguments) > MAX_SCHEMA_NESTING:
+            return f"arguments nest deeper than {MAX_SCHEMA_NESTING} levels"
         validator = _validator(json.dumps(self.parameters, sort_keys=True))
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         return None if error is None else error.message
@@ -119,6 +124,19 @@ _SAFE_KEYWORDS = {
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,
 }
+
+
+def nesting(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value (without recursing)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            todo += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            todo += [(x, d + 1) for x in v]
+    return deepest
 
 
 @lru_cache(maxsize=256)
