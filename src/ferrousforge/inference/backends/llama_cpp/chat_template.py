@@ -23,7 +23,7 @@ class _GenerationBlock(Extension):
     """Hugging Face's ``{% generation %}...{% endgeneration %}`` (it marks the assistant's
     tokens for training masks): rendered as its body."""
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
