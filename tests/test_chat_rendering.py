@@ -289,7 +289,9 @@ def test_generic_format_on_a_tool_template_teaches_the_generic_answer():
     assert "<tools>" not in out and "<tool_call>" not in out
     assert "Answer ONLY with a JSON object" in out
     assert '<|im_start|>assistant\n{"tool_calls": [{"name": "get_weather"' in out
-    assert "<tool_response>\nlight rain\n</tool_response>" in out  # results it still shows
+    # Results follow the calls into text: templates attach native results to native calls.
+    result = {"name": "get_weather", "tool_call_id": "call_b", "content": "light rain"}
+    assert json.dumps({"tool_response": result}) in out
 
 
 def test_assistant_text_before_polyfilled_calls_is_kept():

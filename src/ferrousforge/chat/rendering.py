@@ -180,8 +180,10 @@ def render_with_tools(
         return render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
     caps = template_caps(template)
     if fmt.name == "generic" or detect_format(template).name != fmt.name:
-        # Its own tool prompt would teach another syntax than the grammar forces.
-        caps = replace(caps, tools=False, tool_calls=False)
+        # Its own tool prompt would teach another syntax than the grammar forces. Results
+        # go as text too: templates attach them to the native call they answer (Gemma 4
+        # dropped a result that followed a call written as text).
+        caps = replace(caps, tools=False, tool_calls=False, tool_responses=False)
     offered = tools if choice.mode != "none" else []
     if offered and caps.tools:
         extra["tools"] = [t.as_openai() for t in offered]
