@@ -8,7 +8,11 @@ template-less model a generic one; tests of the determinism guarantee (README,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +79,19 @@ def assert_same_or_near_tie(ref, other, label: str = "", exact: bool | None = No
         assert y.token in top, f"{label}: token {d} ({y.token}) not in the other run's top"
         gap = max(top.values()) - top[y.token]
         assert gap <= NEAR_TIE, f"{label}: token {d} differs where the gap is {gap:.3f}"
+
+
+@contextmanager
+def loaded_model(path: Path, **config: Any) -> Iterator[tuple[Any, Any]]:
+    """(backend, handle) of ``path`` loaded on the CPU with two threads and ``config``."""
+    from ferrousforge.inference.backend import AcceleratorType, BackendConfig
+    from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+
+    backend = LlamaCppBackend()
+    lm = backend.load_model_sync(
+        path, BackendConfig(num_threads=2, **config), AcceleratorType.Cpu()
+    )
+    try:
+        yield backend, lm.handle
+    finally:
+        lm.close()

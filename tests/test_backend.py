@@ -14,6 +14,7 @@ from model_traits import (
     assert_same_or_near_tie,
     batch_invariant,
     chat_template_for_tests,
+    loaded_model,
 )
 
 from ferrousforge.api.request import InferenceOptions
@@ -44,14 +45,8 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def backend_and_handle(model_path):
-    backend = LlamaCppBackend()
-    loaded = backend.load_model_sync(
-        model_path,
-        BackendConfig(num_threads=2, context_size=2048, max_parallel=4),
-        AcceleratorType.Cpu(),
-    )
-    yield backend, loaded.handle
-    loaded.close()
+    with loaded_model(model_path, context_size=2048, max_parallel=4) as loaded:
+        yield loaded
 
 
 @pytest.fixture

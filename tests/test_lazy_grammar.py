@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from model_traits import loaded_model
 
 from ferrousforge.api.json_schema import gbnf_literal
 from ferrousforge.api.request import GrammarTrigger, InferenceOptions
-from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
-from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
+from ferrousforge.inference.backend import BackendInput
 from ferrousforge.inference.backends.llama_cpp.lazy_grammar import WINDOW_BYTES, TriggerWatcher
 
 PROMPT = BackendInput.Text("A short story about a red fox. Once upon a time,")
@@ -17,14 +17,8 @@ PROMPT = BackendInput.Text("A short story about a red fox. Once upon a time,")
 
 @pytest.fixture(scope="module")
 def backend_and_handle(model_path):
-    backend = LlamaCppBackend()
-    loaded = backend.load_model_sync(
-        model_path,
-        BackendConfig(num_threads=2, context_size=1024, max_parallel=2),
-        AcceleratorType.Cpu(),
-    )
-    yield backend, loaded.handle
-    loaded.close()
+    with loaded_model(model_path, context_size=1024, max_parallel=2) as loaded:
+        yield loaded
 
 
 PIECES = {i: s.encode() for i, s in enumerate(["Hi", " <", "tool", "_call", ">{", '"a"', " x"])}

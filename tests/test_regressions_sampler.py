@@ -10,11 +10,10 @@ import asyncio
 from collections import Counter
 
 import pytest
-from model_traits import TOP_N, assert_same_or_near_tie
+from model_traits import TOP_N, assert_same_or_near_tie, loaded_model
 
 from ferrousforge.api.request import InferenceOptions
-from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
-from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+from ferrousforge.inference.backend import BackendInput
 
 # No other stage narrows the candidates: only top_k can keep a hot sampler on track.
 HOT = InferenceOptions(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=12)
@@ -24,14 +23,8 @@ REPEATS = "ha ha ha ha ha"  # a prompt the model continues by repeating one toke
 
 @pytest.fixture(scope="module")
 def model(model_path):
-    backend = LlamaCppBackend()
-    loaded = backend.load_model_sync(
-        model_path,
-        BackendConfig(num_threads=2, context_size=2048, max_parallel=4),
-        AcceleratorType.Cpu(),
-    )
-    yield backend, loaded.handle
-    loaded.close()
+    with loaded_model(model_path, context_size=2048, max_parallel=4) as loaded:
+        yield loaded
 
 
 async def infer(model, prompt: str, opts: InferenceOptions):

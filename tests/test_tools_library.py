@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from model_traits import chat_template_for_tests
+from model_traits import chat_template_for_tests, loaded_model
 
 from ferrousforge.api.request import InferenceOptions
-from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
-from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
+from ferrousforge.inference.backend import BackendInput
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +52,9 @@ NAMED = {"type": "function", "function": {"name": "get_time"}}
 
 
 @pytest.fixture(scope="module")
-def loaded(model_path: Path) -> Iterator[tuple[LlamaCppBackend, Any]]:
-    backend = LlamaCppBackend()
-    lm = backend.load_model_sync(
-        model_path,
-        BackendConfig(num_threads=2, context_size=4096, max_parallel=8),
-        AcceleratorType.Cpu(),
-    )
-    yield backend, lm.handle
-    lm.close()
+def loaded(model_path):
+    with loaded_model(model_path, context_size=4096, max_parallel=8) as loaded:
+        yield loaded
 
 
 def chat(fmt: str, choice: Any = "required", parallel: bool = False, **extra: Any) -> Any:
