@@ -46,6 +46,20 @@ def test_tiny_engine_bench_gives_sane_numbers(model_path):
     assert [s.test for s in report.single] == ["pp32", "tg8"]
     assert all(s.engine_tps > 0 and s.raw_tps > 0 for s in report.single)
     assert "pp32" in format_report(report)
+    assert "threads, greedy, EOS ignored, no prefix cache, CPU" in format_report(report)
+
+
+@pytest.mark.integration
+def test_engine_bench_on_the_gpu_needs_a_gpu_library(model_path, capsys):
+    """--gpu loads with the GPU backend; a CPU-only libllama is a message, not a traceback."""
+    from ferrousforge.bench.cli import main
+    from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+    if load_library(None).llama_supports_gpu_offload():
+        pytest.skip("this libllama can offload: the GPU check (gpu/) runs the bench there")
+    args = ["engine", "--gpu", "--n-gpu-layers", "4", "--model", str(model_path)]
+    assert main([*args, "--levels", "1", "--pp", "0", "--tg", "0", "--gen-tokens", "2"]) == 1
+    assert "has no GPU support" in capsys.readouterr().err
 
 
 def _fake_server(short_by: int) -> FastAPI:

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ferrousforge.errors import FerrousForgeError
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -46,6 +48,11 @@ def _register_engine(bsub: argparse._SubParsersAction) -> None:
     e.add_argument("--tg", type=int, default=128, help="tg test length (0: skip)")
     e.add_argument("--repeat", type=int, default=1, help="runs per level (median kept)")
     e.add_argument("--json", type=Path, default=None, help="write the report here")
+    e.add_argument(
+        "--gpu", action="store_true", help="offload to the library's GPU backend (default: CPU)"
+    )
+    e.add_argument("--n-gpu-layers", type=int, default=-1, help="with --gpu (-1: all layers)")
+    e.add_argument("--main-gpu", type=int, default=0, help="with --gpu: device index")
     e.set_defaults(func=_run_engine)
 
 
@@ -63,8 +70,15 @@ def _run_engine(args: argparse.Namespace) -> int:
         pp_tokens=args.pp,
         tg_tokens=args.tg,
         repeat=args.repeat,
+        gpu=args.gpu,
+        n_gpu_layers=args.n_gpu_layers,
+        main_gpu=args.main_gpu,
     )
-    report = asyncio.run(run_engine_bench(cfg))
+    try:
+        report = asyncio.run(run_engine_bench(cfg))
+    except FerrousForgeError as e:  # no GPU in this library, a model that does not load...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_report(report))
     if args.json:
         _write_json(args.json, report.to_dict())

@@ -24,7 +24,12 @@ from ferrousforge.bench.breakdown import StepBreakdown
 from ferrousforge.bench.prompts import token_prompts
 from ferrousforge.bench.raw import RawDecoder, RawRun
 from ferrousforge.bench.stats import median, ratio
-from ferrousforge.inference.backend import AcceleratorType, BackendConfig, ModelHandle
+from ferrousforge.inference.backend import (
+    Accelerator,
+    AcceleratorType,
+    BackendConfig,
+    ModelHandle,
+)
 from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
 from ferrousforge.inference.backends.llama_cpp.library import load_library
@@ -46,6 +51,13 @@ class EngineBenchConfig:
     tg_tokens: int = 128  # 0 skips tg
     repeat: int = 1  # batched runs per level (median kept); pp/tg run 3 x repeat times
     seed: int = 0
+    gpu: bool = False  # offload to the library's GPU backend (CUDA, Metal, Vulkan...)
+    n_gpu_layers: int = -1  # with gpu: layers to offload (-1: all)
+    main_gpu: int = 0
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return AcceleratorType.Cuda(device_id=self.main_gpu) if self.gpu else AcceleratorType.Cpu()
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1:
@@ -163,9 +175,9 @@ class _Loaded:
         self.raw = RawDecoder(self.raw_ctx)
 
     @classmethod
-    async def open(cls, model: Path, config: BackendConfig) -> _Loaded:
+    async def open(cls, cfg: EngineBenchConfig, config: BackendConfig) -> _Loaded:
         backend = LlamaCppBackend()
-        handle = await backend.load_model(model, config, AcceleratorType.Cpu())
+        handle = await backend.load_model(cfg.model, config, cfg.accelerator)
         return cls(backend, handle, config)
 
     async def close(self) -> None:
@@ -188,13 +200,15 @@ def _config(cfg: EngineBenchConfig, parallel: int, n_ctx: int) -> BackendConfig:
         ubatch_size=cfg.batch_size,
         max_parallel=parallel,
         prefix_cache=False,
+        n_gpu_layers=cfg.n_gpu_layers,
+        main_gpu=cfg.main_gpu,
     )
 
 
 async def bench_level(cfg: EngineBenchConfig, n_seqs: int) -> LevelResult:
     """Batched decode of ``n_seqs`` sequences: engine and raw on the same context shape."""
     n_ctx = n_seqs * (cfg.prompt_tokens + cfg.gen_tokens)
-    loaded = await _Loaded.open(cfg.model, _config(cfg, n_seqs, n_ctx))
+    loaded = await _Loaded.open(cfg, _config(cfg, n_seqs, n_ctx))
     try:
         await loaded.warm_up()
         runs = []
@@ -286,7 +300,7 @@ def _median_level(runs: list[LevelResult]) -> LevelResult:
 async def bench_single(cfg: EngineBenchConfig) -> list[SingleResult]:
     """llama-bench's pp<N> and tg<N>, each engine vs raw, alternating, median of the runs."""
     n_ctx = max(cfg.pp_tokens + 1, cfg.tg_tokens + 1, 256)
-    loaded = await _Loaded.open(cfg.model, _config(cfg, 1, n_ctx))
+    loaded = await _Loaded.open(cfg, _config(cfg, 1, n_ctx))
     results = []
     try:
         await loaded.warm_up()
@@ -336,7 +350,8 @@ def format_report(report: EngineBenchReport) -> str:
     c = report.config
     lines = [
         f"batched decode: {c['prompt_tokens']} prompt + {c['gen_tokens']} generated tokens "
-        f"per sequence, {c['threads']} threads, greedy, EOS ignored, no prefix cache",
+        f"per sequence, {c['threads']} threads, greedy, EOS ignored, no prefix cache, "
+        f"{'GPU (' + str(c['n_gpu_layers']) + ' layers)' if c.get('gpu') else 'CPU'}",
         f"{'seqs':>4} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} | {'e2e eng':>8} "
         f"{'e2e raw':>8} {'ratio':>6} | {'ttft eng':>9} {'ttft raw':>9} {'batch':>5} ok | "
         f"best: {'engine':>7} {'raw':>7} {'ratio':>6}",
