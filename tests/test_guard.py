@@ -178,6 +178,7 @@ def test_dynamic_library_gets_a_guard_built_against_its_own_header(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "library mode  dynamic" in r.stdout
     assert f"c++ guard     on: {tmp_path / 'cache'}" in r.stdout
+    assert "c++ runtime   shared" in r.stdout
     # Without a header for that library the guard is off, and doctor says so.
     (tree / "include" / "llama.h").unlink()
     r = subprocess.run(

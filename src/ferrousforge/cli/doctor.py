@@ -130,6 +130,7 @@ def run_doctor(model: str | None = None) -> int:
         print(f"library path  {info.path}")
         print(f"system info   {lib.llama_print_system_info().decode().strip()}")
         print(f"gpu offload   {'yes' if lib.llama_supports_gpu_offload() else 'no'}")
+        ok = _report_cxx_runtime(info.path) and ok
         guard = native_guard().status
         if guard.active:
             print(f"c++ guard     on: {guard.detail}")
@@ -141,12 +142,29 @@ def run_doctor(model: str | None = None) -> int:
             )
     except LibraryNotFoundError as e:
         print(f"library       NOT LOADED: {e}")
-        ok = False
-    if ok:
-        good, detail = decode_check(model)
-        print(f"decode check  {'OK: ' if good else 'FAILED: '}{detail}")
-        ok = good
-    return 0 if ok else 1
+        return 1
+    good, detail = decode_check(model)  # in a subprocess: a crash there is reported here
+    print(f"decode check  {'OK: ' if good else 'FAILED: '}{detail}")
+    return 0 if ok and good else 1
+
+
+def _report_cxx_runtime(lib_path) -> bool:
+    """Print which C++ runtime the library uses; False when it carries its own."""
+    from ferrousforge.inference.backends.llama_cpp.cxx_runtime import libraries_with_own_runtime
+
+    own = libraries_with_own_runtime(lib_path)
+    if not own:
+        print("c++ runtime   shared (one C++ runtime in the process)")
+        return True
+    names = ", ".join(p.name for p in own)
+    print(
+        f"c++ runtime   OWN COPY in {names}: a second C++ runtime beside the system one "
+        "(numpy loads it) crashes llama.cpp's tokenizer (std::regex) when a model loads. "
+        "Rebuild with the system compiler: CC=/usr/bin/gcc CXX=/usr/bin/g++ "
+        "CUDAHOSTCXX=/usr/bin/g++ (the default CXX on some CUDA hosts is a wrapper that "
+        "links libstdc++ statically)"
+    )
+    return False
 
 
 def register(sub: argparse._SubParsersAction) -> None:
