@@ -59,6 +59,13 @@ EOF
 BUILD_S=0
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 GEN=(); command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
+# The system compiler, not the host's default CXX: on the lent CUDA hosts that is a wrapper
+# whose links carry libstdc++ statically, and the second C++ runtime in the Python process
+# crashes llama.cpp's tokenizer (std::regex) while the vocabulary loads. KEEP_CXX=1 keeps it.
+if [[ "${KEEP_CXX:-0}" != 1 && -x /usr/bin/gcc && -x /usr/bin/g++ ]]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+fi
+say "compilers: CC=${CC:-default} CXX=${CXX:-default} CUDAHOSTCXX=${CUDAHOSTCXX:-default}"
 say "configure (CUDA arch $CUDA_ARCH, GGML_CUDA_FA=$FA)"
 T0=$(date +%s)
 cmake -S "$REPO/.gpu/llama.cpp" -B "$BUILD_DIR" "${GEN[@]}" \
@@ -100,6 +107,10 @@ export FERROUSFORGE_LLAMA_LIB="$LIBDIR"
 CXX_BIN="$(grep -oP '^CMAKE_CXX_COMPILER:\w+=\K.*' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || echo c++)"
 CXX_STDLIB="$("$CXX_BIN" -print-file-name=libstdc++.so.6 2>/dev/null || true)"
 say "C++ compiler $CXX_BIN, its libstdc++: ${CXX_STDLIB:-?}; libllama resolves: $(ldd "$LIBDIR/libllama.so" | grep -o 'libstdc++[^ ]* => [^ ]*')"
+OWN_RT="$("$PYTHON" -c 'import sys; from pathlib import Path
+from ferrousforge.inference.backends.llama_cpp.cxx_runtime import libraries_with_own_runtime
+print(" ".join(p.name for p in libraries_with_own_runtime(Path(sys.argv[1]))))' "$LIBDIR/libllama.so" 2>&1)"
+say "libraries with their own C++ runtime: ${OWN_RT:-none}"
 probe() { timeout 30 "$PYTHON" -X faulthandler "$REPO/gpu/probe_load.py" "$REPO/.gpu/tiny-llama.gguf" "$1" > "$LOGDIR/probe-$1.log" 2>&1; }
 if ! probe vocab; then
   say "vocab-only load crashed (exit $?) with the default libstdc++"
