@@ -33,7 +33,7 @@ from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
 from ferrousforge.chat.parser import CallDelta, ContentDelta, Event, ParsedMessage, ReasoningDelta
 from ferrousforge.chat.plan import ChatPlan, ChatSpec
-from ferrousforge.chat.tools import Tool, parse_tool_choice
+from ferrousforge.chat.tools import parse_tool_choice, read_tools
 from ferrousforge.inference.backend import BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
 from ferrousforge.models.registry import ModelSpec
@@ -95,13 +95,11 @@ def tool_spec(req: ChatCompletionRequest, settings: ServerSettings, model: Model
     """Tools, tool choice and reasoning settings of a request (ValueError naming the field)."""
     legacy = req.functions is not None
     if legacy:
-        tools = [Tool.from_openai(f, f"functions[{i}]") for i, f in enumerate(req.functions)]
+        tools = read_tools(req.functions, "functions")
         choice = parse_tool_choice(req.function_call, tools, "function_call")
     else:
-        tools = [Tool.from_openai(t, f"tools[{i}]") for i, t in enumerate(req.tools or [])]
+        tools = read_tools(req.tools)
         choice = parse_tool_choice(req.tool_choice, tools)
-    if len({t.name for t in tools}) != len(tools):
-        raise ValueError(f"{'functions' if legacy else 'tools'}: two tools have the same name")
     if choice.mode != "none" and (req.grammar is not None or not _is_text(req.response_format)):
         what = "grammar" if req.grammar is not None else "response_format"
         raise ValueError(f"{what}: cannot be combined with tools unless tool_choice is 'none'")

@@ -19,7 +19,7 @@ from ferrousforge.chat.reasoning import (
     opened_in_prompt,
     template_thinks,
 )
-from ferrousforge.chat.rendering import RESERVED_KWARGS, render_with_tools
+from ferrousforge.chat.rendering import checked_kwargs, render_with_tools
 from ferrousforge.chat.tools import Tool, ToolChoice
 from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
 
@@ -103,10 +103,7 @@ def plan_chat(
 ) -> ChatPlan:
     """Render ``messages`` with ``template`` for ``spec`` (ValueError / GrammarError /
     ChatTemplateError for what cannot be served)."""
-    kwargs = dict(spec.template_kwargs or {})
-    clash = RESERVED_KWARGS & kwargs.keys()
-    if clash:
-        raise ValueError(f"chat_template_kwargs: '{sorted(clash)[0]}' is set by the server")
+    kwargs = checked_kwargs(spec.template_kwargs)
     choice = spec.tool_choice
     fmt = format_named(spec.tool_format, template)
     if spec.tools or _uses_tools(messages):

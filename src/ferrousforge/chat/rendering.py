@@ -175,7 +175,7 @@ def render_with_tools(
     become plain text turns. ``template_kwargs`` (``chat_template_kwargs``) are extra template
     variables. Raises ChatTemplateError when the template fails, ValueError on bad kwargs.
     """
-    extra = _checked_kwargs(template_kwargs)
+    extra = checked_kwargs(template_kwargs)
     if not template:  # render_chat explains the missing template
         return render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
     caps = template_caps(template)
@@ -238,7 +238,9 @@ def _conversation(
     return msgs
 
 
-def _checked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+def checked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``chat_template_kwargs`` as template variables (ValueError for a reserved or invalid
+    name)."""
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict):

@@ -147,6 +147,14 @@ def _validator(schema_json: str) -> Any:
     return cls(schema)
 
 
+def read_tools(specs: list[Any] | None, where: str = "tools") -> list[Tool]:
+    """OpenAI tool objects (or legacy ``functions``) -> Tools with distinct names."""
+    tools = [Tool.from_openai(t, f"{where}[{i}]") for i, t in enumerate(specs or [])]
+    if len({t.name for t in tools}) != len(tools):
+        raise ValueError(f"{where}: two tools have the same name")
+    return tools
+
+
 @dataclass(frozen=True, slots=True)
 class ToolChoice:
     """``mode`` is OpenAI's auto / none / required; ``name`` is set for a named function."""

@@ -162,12 +162,12 @@ class LlamaCppBackend:
         """
         # The chat layer sits above this package (it imports the grammar tools from here).
         from ferrousforge.chat.plan import ChatSpec, plan_chat
-        from ferrousforge.chat.tools import Tool, parse_tool_choice
+        from ferrousforge.chat.tools import parse_tool_choice, read_tools
 
         lm = self.loaded(handle)
         vocab = lm.vocab
         if spec is None:
-            tools = [Tool.from_openai(t, f"tools[{i}]") for i, t in enumerate(chat.tools or [])]
+            tools = read_tools(chat.tools)
             choice = None
             if tools or chat.tool_choice is not None:
                 choice = parse_tool_choice(chat.tool_choice, tools)
