@@ -6,6 +6,10 @@
 #   bench/compare.sh                      # default model, 2 threads, concurrency 1,2,4,8
 #   MODEL=x.gguf THREADS=4 CONCURRENCY=1,4 REQUESTS=8 ROUNDS=1 bench/compare.sh
 #   SKIP=llama-cpp-python bench/compare.sh   # leave a server out (comma-separated names)
+#   WORKLOAD=repetitive bench/compare.sh     # fresh (default) | repetitive | returning
+#
+# Prints every server's figures, then their ratios to llama-server level by level
+# (for WORKLOAD=returning also the second round's TTFT, "again").
 #
 # Results: bench/results/<UTC time>/ (gitignored): serve.json, serve.png, serve.txt,
 # batched-bench.txt, versions.txt and each server's log.
@@ -22,6 +26,7 @@ ROUNDS="${ROUNDS:-3}"             # each level this many times, servers alternat
 MAX_TOKENS="${MAX_TOKENS:-128}"
 PROMPT_TOKENS="${PROMPT_TOKENS:-128}"
 SKIP="${SKIP:-}"
+WORKLOAD="${WORKLOAD:-fresh}"     # fresh | repetitive | returning (bench/README.md)
 MODEL="${MODEL:-$("$PY" -c 'from ferrousforge.models.default_model import default_model_path as d; print(d())')}"
 out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
@@ -66,7 +71,7 @@ start() {  # name, then the command
   echo "host: $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "model: $MODEL"
-  echo "threads=$THREADS parallel=$PARALLEL ctx=$CTX concurrency=$CONCURRENCY max_tokens=$MAX_TOKENS prompt_tokens~$PROMPT_TOKENS"
+  echo "threads=$THREADS parallel=$PARALLEL ctx=$CTX concurrency=$CONCURRENCY max_tokens=$MAX_TOKENS prompt_tokens~$PROMPT_TOKENS workload=$WORKLOAD"
   echo "llama-cpp-python: $("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)')"
   echo "llama.cpp tools: $("$tools/llama-server" --version 2>&1 | grep -m1 version || true)"
   echo "ferrousforge: $(git -C "$root" describe --always --dirty)"
@@ -89,15 +94,21 @@ skipped ferrousforge || start ferrousforge "$root/.venv/bin/ferrousforge" serve 
 
 if [[ ${#urls[@]} -eq 0 ]]; then echo "no server started" >&2; exit 1; fi
 rc=0
+baseline=()
+[[ " ${urls[*]} " == *" llama-server="* ]] && baseline=(--baseline llama-server)
 "$PY" -m ferrousforge.bench.cli serve "${urls[@]}" --concurrency "$CONCURRENCY" \
   --requests "$REQUESTS" --rounds "$ROUNDS" --max-tokens "$MAX_TOKENS" --prompt-tokens "$PROMPT_TOKENS" \
+  --workload "$WORKLOAD" "${baseline[@]}" \
   --json "$out/serve.json" --plot "$out/serve.png" | tee "$out/serve.txt" || rc=$?
 cleanup; pids=()
 
 if ! skipped batched-bench; then
-  echo; echo "llama-batched-bench (llama.cpp's ceiling for bench engine's shapes):"
-  "$tools/llama-batched-bench" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -c 4096 -b 512 -ub 512 \
-    -npp "$PROMPT_TOKENS" -ntg "$MAX_TOKENS" -npl 1,2,4,8,16 -kvu 2>/dev/null \
+  # -no-kvu: one KV stream per sequence, as both servers keep per slot; batched-bench
+  # splits -c evenly between its 16 streams, so each holds one prompt + generation.
+  echo; echo "llama-batched-bench (llama.cpp's ceiling for these shapes, no HTTP, no sampling):"
+  "$tools/llama-batched-bench" -m "$MODEL" -t "$THREADS" -tb "$THREADS" \
+    -c "$((16 * (PROMPT_TOKENS + MAX_TOKENS)))" -b 512 -ub 512 \
+    -npp "$PROMPT_TOKENS" -ntg "$MAX_TOKENS" -npl 1,2,4,8,16 -no-kvu 2>&1 \
     | grep '^|' | tee "$out/batched-bench.txt"
 fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/versions.txt"

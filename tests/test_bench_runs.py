@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -18,9 +19,38 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ferrousforge.bench.engine_bench import EngineBenchConfig, format_report, run_engine_bench
 from ferrousforge.bench.serve_bench import ServeBenchConfig, format_serve, run_serve_bench
 
+FAKE_LLAMA_BENCH = """#!/bin/sh
+echo "$@" >> "$(dirname "$0")/llama-bench.args"
+echo "loading model" >&2
+cat <<'JSON'
+[
+  {"n_prompt": 32, "n_gen": 0, "n_depth": 0, "avg_ts": 400.0, "samples_ts": [400.0]},
+  {"n_prompt": 0, "n_gen": 8, "n_depth": 0, "avg_ts": 160.0, "samples_ts": [160.0]}
+]
+JSON
+"""
+
+# Prints a row for the level it is asked for (-npl N), S_TG = 100 x N.
+FAKE_BATCHED_BENCH = """#!/bin/sh
+echo "$@" >> "$(dirname "$0")/llama-batched-bench.args"
+while [ $# -gt 0 ]; do [ "$1" = "-npl" ] && npl=$2; shift; done
+echo "|  PP |  TG |  B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s |  T s | S t/s |"
+echo "|  16 |   8 | $npl | 48 |  0.100 |   320.00 |  0.080 | ${npl}00.00 | 0.18 | 266.7 |"
+"""
+
+
+def _fake_tools(folder):
+    for name, text in (
+        ("llama-bench", FAKE_LLAMA_BENCH),
+        ("llama-batched-bench", FAKE_BATCHED_BENCH),
+    ):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
+
 
 @pytest.mark.integration
-def test_tiny_engine_bench_gives_sane_numbers(model_path):
+def test_tiny_engine_bench_runs_each_side_in_its_own_process_beside_the_peers(model_path, tmp_path):
     cfg = EngineBenchConfig(
         model=model_path,
         levels=[2],
@@ -29,8 +59,9 @@ def test_tiny_engine_bench_gives_sane_numbers(model_path):
         pp_tokens=32,
         tg_tokens=8,
         repeat=1,
+        llama_tools=_fake_tools(tmp_path),
     )
-    report = asyncio.run(run_engine_bench(cfg))
+    report = run_engine_bench(cfg)
     (lv,) = report.levels
     assert lv.sequences == 2 and lv.complete
     for value in (
@@ -43,10 +74,53 @@ def test_tiny_engine_bench_gives_sane_numbers(model_path):
     ):
         assert value > 0 and math.isfinite(value)
     assert 1.0 <= lv.mean_batch <= 2.0
+    # The engine decodes on its engine thread, raw on a main thread, in two other processes.
+    engine_pid = lv.decoded_by["engine"].split(",")[0]
+    raw_pid = lv.decoded_by["raw"].split(",")[0]
+    assert engine_pid != raw_pid and f"pid {os.getpid()}" not in (engine_pid, raw_pid)
+    assert lv.decoded_by["raw"].endswith("thread MainThread")
+    assert "MainThread" not in lv.decoded_by["engine"]
+    # llama-batched-bench ran at this level's shape: its S_TG and engine / it.
+    assert lv.peer_tg_tps == 200.0 and lv.peer_ratio == pytest.approx(lv.engine_tg_tps / 200)
+    bb_args = (tmp_path / "llama-batched-bench.args").read_text()
+    assert "-c 48 " in bb_args and "-npp 16 -ntg 8 -npl 2 -no-kvu" in bb_args
     assert [s.test for s in report.single] == ["pp32", "tg8"]
     assert all(s.engine_tps > 0 and s.raw_tps > 0 for s in report.single)
-    assert "pp32" in format_report(report)
-    assert "threads, greedy, EOS ignored, no prefix cache, CPU" in format_report(report)
+    pp, tg = report.single
+    assert pp.peer_tps == 400.0 and tg.peer_tps == 160.0
+    assert tg.peer_ratio == pytest.approx(tg.engine_tps / 160)
+    assert (tmp_path / "llama-bench.args").read_text().count("-p 32 -n 8 -t 2") == 3  # 3 runs
+    text = format_report(report)
+    assert "pp32" in text and "eng/bb" in text and "eng/lb" in text
+    assert "threads, greedy, EOS ignored, no prefix cache, CPU" in text
+    assert "note:" not in text
+
+
+def test_missing_peers_are_reported_and_skipped(tmp_path):
+    from ferrousforge.bench.engine_bench import EngineBenchReport, PeerRunner
+
+    cfg = EngineBenchConfig(model=tmp_path / "m.gguf", levels=[1], llama_tools=tmp_path)
+    report = EngineBenchReport(config={})
+    runner = PeerRunner(cfg, report)
+    assert runner.batched_tg(1) is None and runner.single() is None
+    assert len(report.notes) == 1 and "not found in" in report.notes[0]
+    quiet = EngineBenchReport(config={})
+    off = PeerRunner(
+        EngineBenchConfig(model=tmp_path, peers=False, llama_tools=_fake_tools(tmp_path)), quiet
+    )
+    assert off.batched_tg(1) is None and quiet.notes == []  # --no-peers: nothing run, no note
+
+
+def test_a_failing_peer_is_noted_and_skipped_from_then_on(tmp_path):
+    from ferrousforge.bench.engine_bench import EngineBenchReport, PeerRunner
+
+    _fake_tools(tmp_path)
+    (tmp_path / "llama-batched-bench").write_text("#!/bin/sh\necho 'no model' >&2\nexit 3\n")
+    report = EngineBenchReport(config={})
+    runner = PeerRunner(EngineBenchConfig(model=tmp_path, llama_tools=tmp_path), report)
+    assert runner.batched_tg(1) is None
+    assert "exited with 3" in report.notes[0] and "no model" in report.notes[0]
+    assert runner.single() == {"pp32": 400.0, "tg8": 160.0}  # llama-bench still runs
 
 
 @pytest.mark.integration
@@ -62,12 +136,16 @@ def test_engine_bench_on_the_gpu_needs_a_gpu_library(model_path, capsys):
     assert "has no GPU support" in capsys.readouterr().err
 
 
-def _fake_server(short_by: int) -> FastAPI:
+def _fake_server(
+    short_by: int, seen: list[str] | None = None, delays: tuple[float, float] = (0.0, 0.0)
+) -> FastAPI:
     """Streams max_tokens one-token chunks (minus ``short_by``), then usage-less [DONE].
 
-    A prompt containing "FAIL" gets HTTP 500.
+    A prompt containing "FAIL" gets HTTP 500. Prompts are appended to ``seen``; the first
+    chunk waits ``delays[0]`` for a prompt not seen before, ``delays[1]`` for one seen.
     """
     app = FastAPI()
+    seen = [] if seen is None else seen
 
     @app.get("/v1/models")
     async def models():
@@ -79,8 +157,11 @@ def _fake_server(short_by: int) -> FastAPI:
         if "FAIL" in body["prompt"] or body["model"] != "fake-model":
             return JSONResponse({"error": {"message": "nope"}}, status_code=500)
         n = body["max_tokens"] - short_by
+        delay = delays[1] if body["prompt"] in seen else delays[0]
+        seen.append(body["prompt"])
 
         async def events():
+            await asyncio.sleep(delay)
             for i in range(n):
                 await asyncio.sleep(0.001)
                 chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
@@ -99,14 +180,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def fake_servers():
-    """Two fake servers: one that delivers every token, one that stops one short."""
+def _start(apps: dict[str, FastAPI]):
+    """Serve each app on a free port; yields their NAME=URL entries, then stops them."""
     servers, urls = [], []
-    for name, short_by in (("full", 0), ("short", 1)):
+    for name, app in apps.items():
         port = _free_port()
         server = uvicorn.Server(
-            uvicorn.Config(_fake_server(short_by), host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )
         threading.Thread(target=server.run, daemon=True).start()
         servers.append(server)
@@ -118,6 +198,53 @@ def fake_servers():
     yield urls
     for s in servers:
         s.should_exit = True
+
+
+@pytest.fixture
+def fake_servers():
+    """Two fake servers: one that delivers every token, one that stops one short."""
+    yield from _start({"full": _fake_server(0), "short": _fake_server(1)})
+
+
+def _serve_one(app: FastAPI, **cfg_fields):
+    """Run the serve bench against one fake server; its ServerResult and the config."""
+    gen = _start({"fake": app})
+    (url,) = next(gen)
+    try:
+        cfg = ServeBenchConfig(urls=[url], warmup=False, **cfg_fields)
+        (srv,) = asyncio.run(run_serve_bench(cfg)).servers
+    finally:
+        next(gen, None)
+    return srv, cfg
+
+
+def test_returning_workload_sends_the_same_prompts_again_and_reports_them_apart():
+    from dataclasses import asdict
+
+    from ferrousforge.bench.serve_bench import ServeReport
+
+    seen: list[str] = []
+    # A returning prompt waits longer: only a report that keeps the rounds apart shows it.
+    app = _fake_server(0, seen, delays=(0.2, 0.6))
+    srv, cfg = _serve_one(app, concurrency=[2], requests=3, max_tokens=2, workload="returning")
+    first_round, again = seen[:3], seen[3:]
+    assert len(set(first_round)) == 3 and sorted(again) == sorted(first_round)
+    (lv,) = srv.levels
+    assert lv.requests == 3 and lv.returning is not None and lv.returning.requests == 3
+    assert lv.all_complete and lv.tokens == 6 and lv.returning.tokens == 6
+    assert lv.ttft_p50_s >= 0.2 and lv.returning.ttft_p50_s >= 0.6
+    table = format_serve(ServeReport(asdict(cfg), [srv]))
+    assert "fake first" in table and "fake again" in table
+
+
+def test_repetitive_workload_sends_copy_tasks():
+    seen: list[str] = []
+    app = _fake_server(0, seen)
+    srv, _ = _serve_one(app, concurrency=[2], requests=4, max_tokens=2, workload="repetitive")
+    assert srv.levels[0].complete and srv.levels[0].returning is None
+    assert len(set(seen)) == 4
+    assert sum("Repeat the following text exactly" in p for p in seen) == 2
+    assert sum("Fix the typo" in p for p in seen) == 2
 
 
 def test_serve_bench_counts_tokens_and_completeness(fake_servers):

@@ -7,6 +7,7 @@ wrappers cost about a microsecond per call, and nothing in the engine changes.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class StepBreakdown:
         self.gen_times = StepTimes()  # steps of one token per sequence: comparable to raw
         self._saved_sample = None
         self._in_step = False
+        self.decode_threads: set[str] = set()  # names of the threads that called llama_decode
 
     def __enter__(self) -> StepBreakdown:
         t, g = self.times, self.gen_times
@@ -77,6 +79,7 @@ class StepBreakdown:
 
         def timed_decode(batch) -> int:
             gen_only[0] = batch.n_tokens <= n_slots  # no prompt chunk in this step
+            self.decode_threads.add(threading.current_thread().name)
             t0 = time.perf_counter()
             try:
                 return decode(batch)

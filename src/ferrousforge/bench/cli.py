@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_engine(bsub: argparse._SubParsersAction) -> None:
-    e = bsub.add_parser("engine", help="offline: engine vs raw llama_decode (no HTTP)")
+    e = bsub.add_parser(
+        "engine", help="offline: engine vs raw llama_decode and llama.cpp's tools (no HTTP)"
+    )
     e.add_argument("--model", type=Path, default=None, help="GGUF file (default: bundled model)")
     e.add_argument(
         "--levels",
@@ -53,6 +55,18 @@ def _register_engine(bsub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--n-gpu-layers", type=int, default=-1, help="with --gpu (-1: all layers)")
     e.add_argument("--main-gpu", type=int, default=0, help="with --gpu: device index")
+    e.add_argument(
+        "--llama-tools",
+        type=Path,
+        default=None,
+        help="folder with llama-bench and llama-batched-bench (default: .cache/llama-tools/bin,"
+        " where bench/build_peers.sh builds them)",
+    )
+    e.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip llama-bench and llama-batched-bench (engine vs raw only)",
+    )
     e.set_defaults(func=_run_engine)
 
 
@@ -73,9 +87,11 @@ def _run_engine(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         n_gpu_layers=args.n_gpu_layers,
         main_gpu=args.main_gpu,
+        peers=not args.no_peers,
+        llama_tools=args.llama_tools,
     )
     try:
-        report = asyncio.run(run_engine_bench(cfg))
+        report = run_engine_bench(cfg)
     except FerrousForgeError as e:  # no GPU in this library, a model that does not load...
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -106,6 +122,19 @@ def _register_serve(bsub: argparse._SubParsersAction) -> None:
         default=1,
         help="run every level this many times, alternating servers (figures pool the rounds)",
     )
+    s.add_argument(
+        "--workload",
+        choices=["fresh", "repetitive", "returning"],
+        default="fresh",
+        help="fresh: unique prompts (default); repetitive: answers that copy the prompt;"
+        " returning: every prompt sent twice, the second round's TTFT reported apart",
+    )
+    s.add_argument(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="also print every server's ratios to this one (a NAME of --url NAME=URL)",
+    )
     s.add_argument("--max-tokens", type=int, default=128)
     s.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length")
     s.add_argument("--model", default=None, help="model name to send (default: the server's first)")
@@ -116,7 +145,12 @@ def _register_serve(bsub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from ferrousforge.bench.serve_bench import ServeBenchConfig, format_serve, run_serve_bench
+    from ferrousforge.bench.serve_bench import (
+        ServeBenchConfig,
+        format_ratios,
+        format_serve,
+        run_serve_bench,
+    )
 
     cfg = _config(
         ServeBenchConfig,
@@ -128,16 +162,20 @@ def _run_serve(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens,
         model=args.model,
         timeout_s=args.timeout,
+        workload=args.workload,
     )
     report = asyncio.run(run_serve_bench(cfg))
     print(format_serve(report))
+    if args.baseline:
+        print()
+        print(format_ratios(report, args.baseline))
     if args.json:
         _write_json(args.json, report.to_dict())
     if args.plot:
         from ferrousforge.bench.plot import plot_serve
 
         plot_serve(report, args.plot)
-    failed = any(lv.errors or not lv.complete for srv in report.servers for lv in srv.levels)
+    failed = any(not lv.all_complete for srv in report.servers for lv in srv.levels)
     return 1 if failed else 0
 
 

@@ -1,7 +1,11 @@
-"""`ferrousforge bench engine`: the engine against raw llama_decode, in one process.
+"""`ferrousforge bench engine`: the engine against raw llama_decode and llama.cpp's tools.
 
-Two parts, each measured through the engine and through bare llama_decode
-calls on a context of the same shape, so overhead shows as a ratio:
+Three sides at the same shapes, each in a process of its own and decoding from the
+thread it would use (see worker.py): the engine (its engine thread, as in
+`ferrousforge serve`), the raw decoder (bare llama_decode from a main thread, as
+llama-batched-bench), and, when bench/build_peers.sh has built them, llama.cpp's own
+llama-batched-bench and llama-bench. Runs alternate between the sides, the order
+rotating, so a drift in the machine's speed hits them alike.
 
 - batched decode in the manner of llama-batched-bench: N sequences of P prompt
   tokens generate G tokens each (greedy, EOS ignored, prompts distinct, no
@@ -13,28 +17,28 @@ calls on a context of the same shape, so overhead shows as a ratio:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ferrousforge.api.request import InferenceOptions
-from ferrousforge.bench.breakdown import StepBreakdown
-from ferrousforge.bench.prompts import token_prompts
-from ferrousforge.bench.raw import RawDecoder, RawRun
-from ferrousforge.bench.stats import median, ratio
-from ferrousforge.inference.backend import (
-    Accelerator,
-    AcceleratorType,
-    BackendConfig,
-    ModelHandle,
+from ferrousforge.bench.peers import (
+    PeerError,
+    Peers,
+    batched_bench_cmd,
+    default_tools_dir,
+    llama_bench_cmd,
+    parse_batched_bench,
+    parse_llama_bench_json,
+    run_tool,
 )
-from ferrousforge.inference.backends.llama_cpp import LlamaCppBackend
-from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
-from ferrousforge.inference.backends.llama_cpp.library import load_library
+from ferrousforge.bench.stats import median, ratio
+from ferrousforge.bench.subproc import WorkerProcess
+from ferrousforge.bench.worker import Shape
 
 log = logging.getLogger(__name__)
+
+NAN = float("nan")
 
 
 @dataclass(slots=True)
@@ -54,10 +58,8 @@ class EngineBenchConfig:
     gpu: bool = False  # offload to the library's GPU backend (CUDA, Metal, Vulkan...)
     n_gpu_layers: int = -1  # with gpu: layers to offload (-1: all)
     main_gpu: int = 0
-
-    @property
-    def accelerator(self) -> Accelerator:
-        return AcceleratorType.Cuda(device_id=self.main_gpu) if self.gpu else AcceleratorType.Cpu()
+    peers: bool = True  # also run llama-bench / llama-batched-bench when built
+    llama_tools: Path | None = None  # where they are (None: bench/build_peers.sh's output)
 
     def __post_init__(self) -> None:
         if not self.levels or min(self.levels) < 1:
@@ -66,6 +68,18 @@ class EngineBenchConfig:
             raise ValueError("prompt_tokens: must be >= 1 and gen_tokens >= 2")
         if self.repeat < 1:
             raise ValueError("repeat: must be >= 1")
+
+    def shape(self, parallel: int, n_ctx: int) -> Shape:
+        return Shape(
+            model=str(self.model),
+            threads=self.threads,
+            batch_size=self.batch_size,
+            parallel=parallel,
+            n_ctx=n_ctx,
+            gpu=self.gpu,
+            n_gpu_layers=self.n_gpu_layers,
+            main_gpu=self.main_gpu,
+        )
 
 
 @dataclass(slots=True)
@@ -85,9 +99,16 @@ class LevelResult:
     complete: bool  # every request got gen_tokens tokens
     breakdown: dict[str, float] = field(default_factory=dict)  # ms per step, engine and raw
     # Over the --repeat runs, each side's fastest: the runs least disturbed by other load.
-    engine_tg_best: float = float("nan")
-    raw_tg_best: float = float("nan")
-    best_ratio: float = float("nan")
+    engine_tg_best: float = NAN
+    raw_tg_best: float = NAN
+    best_ratio: float = NAN
+    # llama-batched-bench at the same shape (NaN when not run): S_TG and engine / it.
+    peer_tg_tps: float = NAN
+    peer_ratio: float = NAN
+    peer_tg_best: float = NAN
+    peer_best_ratio: float = NAN
+    # Where each side's llama_decode ran ("pid 123, thread MainThread"): separate processes.
+    decoded_by: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -98,9 +119,13 @@ class SingleResult:
     engine_tps: float  # median of the runs
     raw_tps: float
     ratio: float
-    engine_best: float = float("nan")  # fastest run of each side
-    raw_best: float = float("nan")
-    best_ratio: float = float("nan")
+    engine_best: float = NAN  # fastest run of each side
+    raw_best: float = NAN
+    best_ratio: float = NAN
+    peer_tps: float = NAN  # llama-bench's figure for the test (median of its runs)
+    peer_ratio: float = NAN  # engine / llama-bench
+    peer_best: float = NAN
+    peer_best_ratio: float = NAN
 
 
 @dataclass(slots=True)
@@ -110,179 +135,142 @@ class EngineBenchReport:
     single: list[SingleResult] = field(default_factory=list)
     started_at: str = ""
     wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)  # peers skipped or failed
+    peer_commands: list[str] = field(default_factory=list)  # one of each tool, as run
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass(slots=True)
-class _Trace:
-    """One engine request as its consumer saw it."""
+class PeerRunner:
+    """llama.cpp's tools at the bench's shapes; a tool that is missing or fails is noted in
+    the report and skipped from then on."""
 
-    token_times: list[float] = field(default_factory=list)
-    n_tokens: int = 0
-    ttft_s: float = 0.0
+    def __init__(self, cfg: EngineBenchConfig, report: EngineBenchReport) -> None:
+        self.cfg, self.report = cfg, report
+        self.peers = Peers.find(cfg.llama_tools or default_tools_dir())
+        if cfg.peers and (note := self.peers.note()):
+            report.notes.append(note)
+        if not cfg.peers:
+            self.peers.llama_bench = self.peers.batched_bench = None
+        self._shown: set[str] = set()
 
+    def _run(self, cmd: list[str]) -> tuple[str, str]:
+        name = Path(cmd[0]).name
+        if name not in self._shown:
+            self._shown.add(name)
+            self.report.peer_commands.append(" ".join(cmd))
+        return run_tool(cmd, self.peers.tools)
 
-def _options(n: int) -> InferenceOptions:
-    return InferenceOptions(max_tokens=n, temperature=0.0, ignore_eos=True)
+    def batched_tg(self, n_seqs: int) -> float | None:
+        """llama-batched-bench's S_TG at ``n_seqs`` sequences; None when not run."""
+        exe, c = self.peers.batched_bench, self.cfg
+        if exe is None:
+            return None
+        cmd = batched_bench_cmd(
+            exe,
+            c.model,
+            threads=c.threads,
+            n_seqs=n_seqs,
+            prompt_tokens=c.prompt_tokens,
+            gen_tokens=c.gen_tokens,
+            batch=c.batch_size,
+            gpu=c.gpu,
+            n_gpu_layers=c.n_gpu_layers,
+        )
+        try:
+            out, err = self._run(cmd)  # the table is printed through llama.cpp's log
+            rows = [r for r in parse_batched_bench(out + "\n" + err) if r.b == n_seqs]
+            if not rows:
+                raise PeerError(f"llama-batched-bench printed no row for {n_seqs} sequences")
+        except PeerError as e:
+            self.report.notes.append(f"llama-batched-bench skipped from now on: {e}")
+            self.peers.batched_bench = None
+            return None
+        return rows[0].s_tg
 
-
-async def _consume(stream) -> _Trace:
-    tr = _Trace()
-    async for out in stream:
-        if out.token_ids:
-            tr.n_tokens += len(out.token_ids)
-            tr.token_times.extend([time.perf_counter()] * len(out.token_ids))
-        if out.finish_reason is not None:
-            tr.ttft_s = out.ttft_s
-    return tr
-
-
-async def _engine_run(
-    backend: LlamaCppBackend, handle: ModelHandle, prompts: list[list[int]], n_gen: int
-) -> tuple[list[_Trace], float, float]:
-    """Submit every prompt at once; returns the traces, the start time and the wall time."""
-    t0 = time.perf_counter()
-    streams = [s for p in prompts for s in backend.submit(handle, p, _options(n_gen))]
-    traces = await asyncio.gather(*(_consume(s) for s in streams))
-    return list(traces), t0, time.perf_counter() - t0
-
-
-def steady_rate(traces: list[_Trace]) -> float:
-    """Tokens/s between the last first token and the first last token: all sequences busy."""
-    if not traces or not all(tr.token_times for tr in traces):
-        return float("nan")
-    t_start = max(tr.token_times[0] for tr in traces)
-    t_end = min(tr.token_times[-1] for tr in traces)
-    if t_end <= t_start:
-        return float("nan")
-    n = sum(1 for tr in traces for t in tr.token_times if t_start < t <= t_end)
-    return n / (t_end - t_start)
-
-
-class _Loaded:
-    """A model loaded with one engine plus a second context of the same shape for raw runs."""
-
-    def __init__(
-        self, backend: LlamaCppBackend, handle: ModelHandle, config: BackendConfig
-    ) -> None:
-        self.backend, self.handle = backend, handle
-        lm = backend.loaded(handle)
-        self.engine = lm.engine
-        self.vocab = lm.vocab
-        self.raw_ctx = LlamaContext(load_library(config.library_path), lm.model, config)
-        self.raw = RawDecoder(self.raw_ctx)
-
-    @classmethod
-    async def open(cls, cfg: EngineBenchConfig, config: BackendConfig) -> _Loaded:
-        backend = LlamaCppBackend()
-        handle = await backend.load_model(cfg.model, config, cfg.accelerator)
-        return cls(backend, handle, config)
-
-    async def close(self) -> None:
-        self.raw.close()
-        self.raw_ctx.close()
-        await self.backend.unload_model(self.handle)
-
-    async def warm_up(self) -> None:
-        """First decodes allocate compute buffers; keep that out of every timing."""
-        prompt = token_prompts(1, 8, self.vocab.n_tokens, seed=99)
-        self.raw.run(prompt, 4)
-        await _engine_run(self.backend, self.handle, prompt, 4)
+    def single(self) -> dict[str, float] | None:
+        """llama-bench's pp and tg (one repetition); None when not run."""
+        exe, c = self.peers.llama_bench, self.cfg
+        if exe is None:
+            return None
+        cmd = llama_bench_cmd(
+            exe,
+            c.model,
+            threads=c.threads,
+            pp=c.pp_tokens,
+            tg=c.tg_tokens,
+            batch=c.batch_size,
+            gpu=c.gpu,
+            n_gpu_layers=c.n_gpu_layers,
+        )
+        try:
+            return parse_llama_bench_json(self._run(cmd)[0])
+        except PeerError as e:
+            self.report.notes.append(f"llama-bench skipped from now on: {e}")
+            self.peers.llama_bench = None
+            return None
 
 
-def _config(cfg: EngineBenchConfig, parallel: int, n_ctx: int) -> BackendConfig:
-    return BackendConfig(
-        num_threads=cfg.threads,
-        context_size=n_ctx,
-        batch_size=cfg.batch_size,
-        ubatch_size=cfg.batch_size,
-        max_parallel=parallel,
-        prefix_cache=False,
-        n_gpu_layers=cfg.n_gpu_layers,
-        main_gpu=cfg.main_gpu,
-    )
+def rotation(sides: list[str], run: int) -> list[str]:
+    """The order of the sides in run ``run``: rotated by one each run."""
+    k = run % len(sides)
+    return sides[k:] + sides[:k]
 
 
-async def bench_level(cfg: EngineBenchConfig, n_seqs: int) -> LevelResult:
-    """Batched decode of ``n_seqs`` sequences: engine and raw on the same context shape."""
-    n_ctx = n_seqs * (cfg.prompt_tokens + cfg.gen_tokens)
-    loaded = await _Loaded.open(cfg, _config(cfg, n_seqs, n_ctx))
-    try:
-        await loaded.warm_up()
-        runs = []
+def bench_level(cfg: EngineBenchConfig, n_seqs: int, peers: PeerRunner) -> LevelResult:
+    """Batched decode of ``n_seqs`` sequences: engine, raw and batched-bench, same shape."""
+    shape = cfg.shape(n_seqs, n_seqs * (cfg.prompt_tokens + cfg.gen_tokens))
+    runs = []
+    with WorkerProcess("raw", shape) as raw, WorkerProcess("engine", shape) as engine:
+        workers = {"raw": raw, "engine": engine}
+        for w in workers.values():
+            w.ask("warm_up")
         for r in range(cfg.repeat):
-            prompts = token_prompts(
-                n_seqs,
-                cfg.prompt_tokens,
-                loaded.vocab.n_tokens,
-                seed=cfg.seed + r,
-                avoid=loaded.vocab.eog_ids,
-            )
-            raw = loaded.raw.run(prompts, cfg.gen_tokens)
-            st = loaded.engine.stats
-            steps0, busy0 = st.decode_steps, st.busy_slots_sum
-            cpu0 = time.thread_time()  # the event loop's CPU: it runs alongside llama_decode
-            with StepBreakdown(loaded.engine) as bd:
-                traces, _, wall = await _engine_run(
-                    loaded.backend, loaded.handle, prompts, cfg.gen_tokens
-                )
-            loop_cpu_s = time.thread_time() - cpu0
-            steps, busy = st.decode_steps - steps0, st.busy_slots_sum - busy0
-            result = _level_result(
-                n_seqs, cfg.gen_tokens, raw, traces, wall, busy / steps if steps else 0.0
-            )
-            result.breakdown = _breakdown(bd, raw, cfg.gen_tokens)
-            result.breakdown["loop_cpu_ms"] = 1000 * loop_cpu_s / max(1, bd.times.steps)
-            runs.append(result)
+            got: dict = {}
+            for side in rotation(["raw", "engine", "peer"], r):
+                if side == "peer":
+                    got[side] = peers.batched_tg(n_seqs)
+                else:
+                    got[side] = workers[side].ask(
+                        "batched",
+                        n_seqs=n_seqs,
+                        prompt_tokens=cfg.prompt_tokens,
+                        gen_tokens=cfg.gen_tokens,
+                        seed=cfg.seed + r,
+                    )
+            runs.append(level_result(n_seqs, got["engine"], got["raw"], got["peer"]))
             log.info("level %d run %d: %s", n_seqs, r, runs[-1])
-        return _median_level(runs)
-    finally:
-        await loaded.close()
+    return _median_level(runs)
 
 
-def _level_result(
-    n_seqs: int, n_gen: int, raw: RawRun, traces: list[_Trace], wall: float, mean_batch: float
-) -> LevelResult:
-    engine_tg = steady_rate(traces)
-    raw_tg = raw.decode_tokens / raw.decode_s if raw.decode_s else float("nan")
-    engine_e2e = sum(tr.n_tokens for tr in traces) / wall
-    raw_e2e = raw.generated / raw.total_s
-    return LevelResult(
-        sequences=n_seqs,
-        engine_tg_tps=engine_tg,
-        raw_tg_tps=raw_tg,
-        tg_ratio=ratio(engine_tg, raw_tg),
-        engine_e2e_tps=engine_e2e,
-        raw_e2e_tps=raw_e2e,
-        e2e_ratio=ratio(engine_e2e, raw_e2e),
-        engine_ttft_p50_s=median([tr.ttft_s for tr in traces]),
-        raw_ttft_p50_s=median(raw.ttft_s),
-        mean_batch=mean_batch,
-        complete=all(tr.n_tokens == n_gen for tr in traces),
-    )
-
-
-def _breakdown(bd: StepBreakdown, raw: RawRun, n_gen: int) -> dict[str, float]:
-    """Mean ms per generation step (one token per sequence, no prompt chunk) split into
-    llama_decode, sampling and the rest (Python), for the engine and for raw."""
-    out = {f"engine_{k}": v for k, v in bd.gen_times.per_step_ms().items()}
-    out["engine_gen_steps"] = bd.gen_times.steps
-    out["engine_steps"] = bd.times.steps
-    out["engine_all_python_p50_ms"] = bd.times.per_step_ms()["python_p50_ms"]
-    gen_steps = max(1, n_gen - 1)
-    out["raw_step_ms"] = 1000 * raw.decode_s / gen_steps
-    out["raw_decode_ms"] = 1000 * raw.decode_only_s / gen_steps
-    out["raw_sample_ms"] = 1000 * raw.sample_s / gen_steps
-    out["raw_python_ms"] = out["raw_step_ms"] - out["raw_decode_ms"] - out["raw_sample_ms"]
+def level_result(n_seqs: int, eng: dict, raw: dict, peer_tg: float | None) -> LevelResult:
+    """One run of a level from the two workers' answers and batched-bench's S_TG."""
+    breakdown = {**eng["breakdown"], **raw["breakdown"]}
     # The engine does the same C work per step as raw plus its own Python: the ratio that
     # overhead alone implies, robust to the CPU noise that swamps wall-clock ratios.
-    out["implied_ratio"] = ratio(
-        out["raw_step_ms"],
-        out["raw_step_ms"] - out["raw_python_ms"] + out["engine_python_p50_ms"],
+    breakdown["implied_ratio"] = ratio(
+        breakdown["raw_step_ms"],
+        breakdown["raw_step_ms"] - breakdown["raw_python_ms"] + breakdown["engine_python_p50_ms"],
     )
-    return out
+    peer = NAN if peer_tg is None else peer_tg
+    return LevelResult(
+        sequences=n_seqs,
+        engine_tg_tps=eng["tg_tps"],
+        raw_tg_tps=raw["tg_tps"],
+        tg_ratio=ratio(eng["tg_tps"], raw["tg_tps"]),
+        engine_e2e_tps=eng["e2e_tps"],
+        raw_e2e_tps=raw["e2e_tps"],
+        e2e_ratio=ratio(eng["e2e_tps"], raw["e2e_tps"]),
+        engine_ttft_p50_s=eng["ttft_p50_s"],
+        raw_ttft_p50_s=raw["ttft_p50_s"],
+        mean_batch=eng["mean_batch"],
+        complete=eng["complete"] and raw["complete"],
+        breakdown=breakdown,
+        peer_tg_tps=peer,
+        peer_ratio=ratio(eng["tg_tps"], peer),
+        decoded_by={"engine": eng.get("decoded_by", ""), "raw": raw.get("decoded_by", "")},
+    )
 
 
 def _median_level(runs: list[LevelResult]) -> LevelResult:
@@ -294,53 +282,64 @@ def _median_level(runs: list[LevelResult]) -> LevelResult:
     mid.engine_tg_best = max(r.engine_tg_tps for r in runs)
     mid.raw_tg_best = max(r.raw_tg_tps for r in runs)
     mid.best_ratio = ratio(mid.engine_tg_best, mid.raw_tg_best)
+    peer = [r.peer_tg_tps for r in runs if r.peer_tg_tps == r.peer_tg_tps]
+    if peer:
+        mid.peer_tg_best = max(peer)
+        mid.peer_best_ratio = ratio(mid.engine_tg_best, mid.peer_tg_best)
     return mid
 
 
-async def bench_single(cfg: EngineBenchConfig) -> list[SingleResult]:
-    """llama-bench's pp<N> and tg<N>, each engine vs raw, alternating, median of the runs."""
-    n_ctx = max(cfg.pp_tokens + 1, cfg.tg_tokens + 1, 256)
-    loaded = await _Loaded.open(cfg, _config(cfg, 1, n_ctx))
-    results = []
-    try:
-        await loaded.warm_up()
-        n_vocab, avoid = loaded.vocab.n_tokens, loaded.vocab.eog_ids
-        tests = []
-        if cfg.pp_tokens:
-            tests.append((f"pp{cfg.pp_tokens}", cfg.pp_tokens, 1))
-        if cfg.tg_tokens:
-            tests.append((f"tg{cfg.tg_tokens}", 1, cfg.tg_tokens))
-        for name, n_prompt, n_gen in tests:
-            eng, raw = [], []
-            for r in range(3 * cfg.repeat):
-                prompt = token_prompts(1, n_prompt, n_vocab, seed=cfg.seed + r, avoid=avoid)
-                rr = loaded.raw.run(prompt, n_gen)
-                traces, _, wall = await _engine_run(loaded.backend, loaded.handle, prompt, n_gen)
-                if n_gen == 1:  # prompt processing: time to the first token
-                    raw.append(n_prompt / rr.prefill_s)
-                    eng.append(n_prompt / traces[0].ttft_s)
-                else:
-                    raw.append(n_gen / rr.total_s)
-                    eng.append(traces[0].n_tokens / wall)
-            e, w = median(eng), median(raw)
-            be, bw = max(eng), max(raw)
-            results.append(SingleResult(name, e, w, ratio(e, w), be, bw, ratio(be, bw)))
-    finally:
-        await loaded.close()
-    return results
+def bench_single(cfg: EngineBenchConfig, peers: PeerRunner) -> list[SingleResult]:
+    """llama-bench's pp<N> and tg<N>: engine, raw and llama-bench, alternating, median."""
+    tests = []
+    if cfg.pp_tokens:
+        tests.append((f"pp{cfg.pp_tokens}", cfg.pp_tokens, 1))
+    if cfg.tg_tokens:
+        tests.append((f"tg{cfg.tg_tokens}", 1, cfg.tg_tokens))
+    shape = cfg.shape(1, max(cfg.pp_tokens + 1, cfg.tg_tokens + 1, 256))
+    tps: dict[str, dict[str, list[float]]] = {
+        t[0]: {"engine": [], "raw": [], "peer": []} for t in tests
+    }
+    with WorkerProcess("raw", shape) as raw, WorkerProcess("engine", shape) as engine:
+        workers = {"raw": raw, "engine": engine}
+        for w in workers.values():
+            w.ask("warm_up")
+        for r in range(3 * cfg.repeat):
+            for side in rotation(["raw", "engine", "peer"], r):
+                if side == "peer":
+                    for name, value in (peers.single() or {}).items():
+                        if name in tps:
+                            tps[name]["peer"].append(value)
+                    continue
+                for name, n_prompt, n_gen in tests:
+                    answer = workers[side].ask(
+                        "single", n_prompt=n_prompt, n_gen=n_gen, seed=cfg.seed + r
+                    )
+                    tps[name][side].append(answer["tps"])
+    return [single_result(name, sides) for name, sides in tps.items()]
 
 
-async def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchReport:
-    """Run every level, then pp/tg. One model load per context shape."""
+def single_result(name: str, sides: dict[str, list[float]]) -> SingleResult:
+    """Medians and bests of each side's runs of one test, with the ratios."""
+    e, w, p = (median(sides[k]) if sides[k] else NAN for k in ("engine", "raw", "peer"))
+    be, bw, bp = (max(sides[k], default=NAN) for k in ("engine", "raw", "peer"))
+    return SingleResult(
+        name, e, w, ratio(e, w), be, bw, ratio(be, bw), p, ratio(e, p), bp, ratio(be, bp)
+    )
+
+
+def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchReport:
+    """Every level, then pp/tg. Each side loads the model in its own process per shape."""
     t0 = time.perf_counter()
     cfg_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     report = EngineBenchReport(
         config=cfg_dict, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )
+    peers = PeerRunner(cfg, report)
     for n in cfg.levels:
-        report.levels.append(await bench_level(cfg, n))
+        report.levels.append(bench_level(cfg, n, peers))
     if cfg.pp_tokens or cfg.tg_tokens:
-        report.single = await bench_single(cfg)
+        report.single = bench_single(cfg, peers)
     report.wall_s = time.perf_counter() - t0
     return report
 
@@ -351,19 +350,25 @@ def format_report(report: EngineBenchReport) -> str:
     lines = [
         f"batched decode: {c['prompt_tokens']} prompt + {c['gen_tokens']} generated tokens "
         f"per sequence, {c['threads']} threads, greedy, EOS ignored, no prefix cache, "
-        f"{'GPU (' + str(c['n_gpu_layers']) + ' layers)' if c.get('gpu') else 'CPU'}",
-        f"{'seqs':>4} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} | {'e2e eng':>8} "
-        f"{'e2e raw':>8} {'ratio':>6} | {'ttft eng':>9} {'ttft raw':>9} {'batch':>5} ok | "
-        f"best: {'engine':>7} {'raw':>7} {'ratio':>6}",
+        f"{'GPU (' + str(c['n_gpu_layers']) + ' layers)' if c.get('gpu') else 'CPU'}; "
+        "engine and raw each in its own process; bb: llama-batched-bench S_TG",
+        f"{'seqs':>4} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} {'bb t/s':>8} {'eng/bb':>6} | "
+        f"{'e2e eng':>8} {'e2e raw':>8} {'ratio':>6} | {'ttft eng':>9} {'ttft raw':>9} "
+        f"{'batch':>5} ok | best: {'engine':>7} {'raw':>7} {'ratio':>6} {'bb':>7} {'eng/bb':>6}",
     ]
     for r in report.levels:
         lines.append(
-            f"{r.sequences:>4} {r.engine_tg_tps:>10.1f} {r.raw_tg_tps:>9.1f} {r.tg_ratio:>6.1%} | "
+            f"{r.sequences:>4} {r.engine_tg_tps:>10.1f} {r.raw_tg_tps:>9.1f} {r.tg_ratio:>6.1%} "
+            f"{r.peer_tg_tps:>8.1f} {r.peer_ratio:>6.1%} | "
             f"{r.engine_e2e_tps:>8.1f} {r.raw_e2e_tps:>8.1f} {r.e2e_ratio:>6.1%} | "
             f"{r.engine_ttft_p50_s * 1000:>7.0f}ms {r.raw_ttft_p50_s * 1000:>7.0f}ms "
             f"{r.mean_batch:>5.1f} {'yes' if r.complete else ' NO'} | "
-            f"      {r.engine_tg_best:>7.1f} {r.raw_tg_best:>7.1f} {r.best_ratio:>6.1%}"
+            f"      {r.engine_tg_best:>7.1f} {r.raw_tg_best:>7.1f} {r.best_ratio:>6.1%} "
+            f"{r.peer_tg_best:>7.1f} {r.peer_best_ratio:>6.1%}"
         )
+    for r in report.levels[:1]:
+        where = "; ".join(f"{k}: {v}" for k, v in r.decoded_by.items())
+        lines.append(f"llama_decode ran in ({r.sequences} seqs) {where}")
     lines += [
         "",
         "per generation step (one token per sequence), ms; loop: event-loop thread CPU per"
@@ -379,19 +384,25 @@ def format_report(report: EngineBenchReport) -> str:
                 f"{r.sequences:>4} {b['engine_step_ms']:>8.2f} {b['engine_decode_ms']:>7.2f} "
                 f"{b['engine_sample_ms']:>7.3f} {b['engine_python_ms']:>7.3f} "
                 f"{b['engine_python_p50_ms']:>7.3f} {b['engine_python_max_ms']:>7.2f} "
-                f"{b.get('loop_cpu_ms', float('nan')):>6.3f} | "
+                f"{b.get('loop_cpu_ms', NAN):>6.3f} | "
                 f"{b['raw_step_ms']:>8.2f} {b['raw_decode_ms']:>7.2f} {b['raw_sample_ms']:>7.3f} "
                 f"{b['raw_python_ms']:>7.3f} | {b['implied_ratio']:>6.1%}"
             )
     if report.single:
         lines += [
             "",
-            f"{'test':>6} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} | best: {'engine':>7} "
-            f"{'raw':>7} {'ratio':>6}",
+            "lb: llama-bench",
+            f"{'test':>6} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} {'lb t/s':>8} "
+            f"{'eng/lb':>6} | best: {'engine':>7} {'raw':>7} {'ratio':>6} {'lb':>7} {'eng/lb':>6}",
         ]
         for s in report.single:
             lines.append(
-                f"{s.test:>6} {s.engine_tps:>10.1f} {s.raw_tps:>9.1f} {s.ratio:>6.1%} | "
-                f"      {s.engine_best:>7.1f} {s.raw_best:>7.1f} {s.best_ratio:>6.1%}"
+                f"{s.test:>6} {s.engine_tps:>10.1f} {s.raw_tps:>9.1f} {s.ratio:>6.1%} "
+                f"{s.peer_tps:>8.1f} {s.peer_ratio:>6.1%} | "
+                f"      {s.engine_best:>7.1f} {s.raw_best:>7.1f} {s.best_ratio:>6.1%} "
+                f"{s.peer_best:>7.1f} {s.peer_best_ratio:>6.1%}"
             )
+    if report.peer_commands:
+        lines += ["", "peers run as:", *(f"  {cmd}" for cmd in report.peer_commands)]
+    lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

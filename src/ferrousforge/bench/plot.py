@@ -19,6 +19,9 @@ def plot_serve(report: ServeReport, path: Path) -> None:
         xs = [lv.concurrency for lv in srv.levels]
         ax_tps.plot(xs, [lv.tokens_per_s for lv in srv.levels], marker="o", label=srv.name)
         ax_ttft.plot(xs, [lv.ttft_p50_s * 1000 for lv in srv.levels], marker="o", label=srv.name)
+        again = [lv.returning.ttft_p50_s * 1000 for lv in srv.levels if lv.returning]
+        if len(again) == len(xs):  # workload "returning": the second round's TTFT
+            ax_ttft.plot(xs, again, marker="x", linestyle="--", label=f"{srv.name} (again)")
     cfg = report.config
     ax_tps.set(
         xlabel="concurrent requests", ylabel="generated tokens/s (aggregate)", title="Throughput"
@@ -37,8 +40,8 @@ def plot_serve(report: ServeReport, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.legend()
     fig.suptitle(
-        f"{cfg['prompt_tokens']} prompt / {cfg['max_tokens']} generated tokens per "
-        f"request, {report.started_at}",
+        f"workload {cfg.get('workload', 'fresh')}, {cfg['prompt_tokens']} prompt / "
+        f"{cfg['max_tokens']} generated tokens per request, {report.started_at}",
         fontsize=9,
     )
     fig.tight_layout()

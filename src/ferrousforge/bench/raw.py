@@ -9,6 +9,7 @@ plus the sampling any server must do.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class RawDecoder:
         self.lib = ctx._lib
         self.batch = TokenBatch(self.lib, ctx.n_batch)
         self._samplers: list = []
+        self.decode_threads: set[str] = set()  # names of the threads that called llama_decode
 
     def close(self) -> None:
         for s in self._samplers:
@@ -61,6 +63,7 @@ class RawDecoder:
         return self._samplers[i]
 
     def _decode(self) -> None:
+        self.decode_threads.add(threading.current_thread().name)
         rc = self.ctx.decode(self.batch.as_struct())
         if rc != 0:
             raise DecodeError(f"llama_decode failed with code {rc}")

@@ -1,8 +1,9 @@
 """`ferrousforge bench serve`: load-test OpenAI-compatible servers with streaming completions.
 
-Each request streams POST /v1/completions with a prompt no other request shares,
-``max_tokens`` = ``min_tokens`` and ``ignore_eos`` so output length is fixed (servers
-that ignore one of the two still honour the other). ``concurrency`` workers share a
+Each request streams POST /v1/completions with a prompt of the chosen workload
+(workloads.py: ``fresh``, ``repetitive`` or ``returning``), ``max_tokens`` =
+``min_tokens`` and ``ignore_eos`` so output length is fixed (servers that ignore one of
+the two still honour the other). ``concurrency`` workers share a
 queue of requests; one async client with no per-token work beyond parsing, so the
 client costs the server little CPU on a small machine.
 """
@@ -18,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from ferrousforge.bench.prompts import text_prompt
 from ferrousforge.bench.sse import SSEParser, StreamTally
-from ferrousforge.bench.stats import percentile
+from ferrousforge.bench.stats import percentile, ratio
+from ferrousforge.bench.workloads import WORKLOADS, workload_prompt
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ class ServeBenchConfig:
     ready_s: float = 120.0  # how long warm-up retries while a server is still loading
     extra_body: dict = field(default_factory=dict)  # merged into every request body
     rounds: int = 1  # each level this many times per server, interleaved between servers
+    workload: str = "fresh"  # fresh | repetitive | returning (see workloads.py)
 
     def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload: expected one of {', '.join(WORKLOADS)}")
         if not self.urls:
             raise ValueError("urls: give at least one server")
         if not self.concurrency or min(self.concurrency) < 1:
@@ -85,6 +89,14 @@ class LevelStats:
     itl_p95_s: float
     counted_by: str
     error_samples: list[str] = field(default_factory=list)
+    # Workload "returning": the second round (the same prompts again); the fields above
+    # are the first round's.
+    returning: LevelStats | None = None
+
+    @property
+    def all_complete(self) -> bool:
+        """Every request of both rounds succeeded with max_tokens tokens."""
+        return self.complete and (self.returning is None or self.returning.complete)
 
 
 @dataclass(slots=True)
@@ -127,10 +139,9 @@ async def discover_model(client: httpx.AsyncClient, url: str) -> str:
 
 
 def request_body(cfg: ServeBenchConfig, model: str, index: int) -> dict:
-    n_words = max(1, cfg.prompt_tokens)
     body = {
         "model": model,
-        "prompt": text_prompt(index, n_words),
+        "prompt": workload_prompt(cfg.workload, index, cfg.prompt_tokens),
         "max_tokens": cfg.max_tokens,
         "min_tokens": cfg.max_tokens,
         "ignore_eos": True,
@@ -291,46 +302,98 @@ async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
                 body = request_body(cfg, srv.model, 1_000_000 * (s + 1) - 1)
                 await warm_up(client, url, body, cfg.ready_s)
             servers.append(srv)
-        pooled: dict[tuple[int, int], tuple[list[RequestRecord], float]] = {}
+        # (server, level, pass) -> records and wall time; pass 1: returning's second round
+        pooled: dict[tuple[int, int, int], tuple[list[RequestRecord], float]] = {}
+        passes = 2 if cfg.workload == "returning" else 1
         for r in range(cfg.rounds):
             order = [(i + r) % len(servers) for i in range(len(servers))]
             for k, c in enumerate(cfg.concurrency):
                 for s in order:
                     srv = servers[s]
                     first = 1_000_000 * (s + 1) + 100_000 * r + 10_000 * k
-                    recs, wall = await run_level(srv.client, srv.url, srv.model, cfg, c, first)
-                    log.info(
-                        "%s c=%d round %d: %d requests in %.2fs", srv.name, c, r, len(recs), wall
-                    )
-                    prev, prev_wall = pooled.get((s, k), ([], 0.0))
-                    pooled[(s, k)] = (prev + recs, prev_wall + wall)
+                    for p in range(passes):  # the same indices: the same prompts again
+                        recs, wall = await run_level(srv.client, srv.url, srv.model, cfg, c, first)
+                        log.info(
+                            "%s c=%d round %d pass %d: %d requests in %.2fs",
+                            *(srv.name, c, r, p, len(recs), wall),
+                        )
+                        prev, prev_wall = pooled.get((s, k, p), ([], 0.0))
+                        pooled[(s, k, p)] = (prev + recs, prev_wall + wall)
         for s, srv in enumerate(servers):
             result = ServerResult(srv.name, srv.url, srv.model)
             for k, c in enumerate(cfg.concurrency):
-                recs, wall = pooled[(s, k)]
-                result.levels.append(summarize(c, recs, wall, cfg.max_tokens))
+                level = summarize(c, *pooled[(s, k, 0)], cfg.max_tokens)
+                if passes == 2:
+                    level.returning = summarize(c, *pooled[(s, k, 1)], cfg.max_tokens)
+                result.levels.append(level)
             report.servers.append(result)
     return report
 
 
 def format_serve(report: ServeReport) -> str:
-    """Plain-text table: one row per server and concurrency level."""
+    """Plain-text table: one row per server and concurrency level (and per round of the
+    returning workload: ``first`` and ``again``)."""
     head = (
         f"{'server':<18} {'conc':>4} {'reqs':>4} {'tok/s':>7} {'req/s':>6} "
         f"{'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} {'itl p95':>8} {'err':>3} complete"
     )
-    lines = [head]
+    returning = report.config.get("workload") == "returning"
+    lines = [f"workload: {report.config.get('workload', 'fresh')}", head]
     for srv in report.servers:
         for lv in srv.levels:
-            ok = "yes" if lv.complete else f"NO ({lv.incomplete} short)"
-            lines.append(
-                f"{srv.name[:18]:<18} {lv.concurrency:>4} {lv.requests:>4} "
-                f"{lv.tokens_per_s:>7.1f} {lv.requests_per_s:>6.2f} "
-                f"{_ms(lv.ttft_p50_s):>9} {_ms(lv.ttft_p95_s):>9} {_ms(lv.itl_p50_s):>8} "
-                f"{_ms(lv.itl_p95_s):>8} {lv.errors:>3} {ok}"
-            )
-            lines += [f"    error: {e}" for e in lv.error_samples]
+            rows = [("first", lv), ("again", lv.returning)] if lv.returning else [("", lv)]
+            for label, st in rows:
+                if st is None:
+                    continue
+                name = f"{srv.name[:12]} {label}" if returning else srv.name
+                ok = "yes" if st.complete else f"NO ({st.incomplete} short)"
+                lines.append(
+                    f"{name[:18]:<18} {st.concurrency:>4} {st.requests:>4} "
+                    f"{st.tokens_per_s:>7.1f} {st.requests_per_s:>6.2f} "
+                    f"{_ms(st.ttft_p50_s):>9} {_ms(st.ttft_p95_s):>9} {_ms(st.itl_p50_s):>8} "
+                    f"{_ms(st.itl_p95_s):>8} {st.errors:>3} {ok}"
+                )
+                lines += [f"    error: {e}" for e in st.error_samples]
     return "\n".join(lines)
+
+
+def format_ratios(report: ServeReport, baseline: str) -> str:
+    """Every server side by side with ``baseline`` (a server's name), level by level.
+
+    ``x`` columns are server / baseline: above 1 is better for tok/s, below 1 is better
+    for TTFT. For the returning workload, ``again`` is the second round's TTFT."""
+    base = next((s for s in report.servers if s.name == baseline), None)
+    if base is None:
+        return f"no server named {baseline!r}: no ratios"
+    returning = report.config.get("workload") == "returning"
+    head = (
+        f"{'server':<18} {'conc':>4} {'tok/s':>7} {'x':>6} {'ttft p50':>9} {'x':>6} "
+        f"{'ttft p95':>9} {'x':>6}"
+    )
+    if returning:
+        head += f" | {'again p50':>9} {'x':>6} {'again p95':>9} {'x':>6}"
+    lines = [f"workload: {report.config.get('workload', 'fresh')}; x: server / {baseline}", head]
+    for srv in report.servers:
+        for lv, b in zip(srv.levels, base.levels, strict=True):
+            line = (
+                f"{srv.name[:18]:<18} {lv.concurrency:>4} {lv.tokens_per_s:>7.1f} "
+                f"{_x(lv.tokens_per_s, b.tokens_per_s)} {_ms(lv.ttft_p50_s):>9} "
+                f"{_x(lv.ttft_p50_s, b.ttft_p50_s)} {_ms(lv.ttft_p95_s):>9} "
+                f"{_x(lv.ttft_p95_s, b.ttft_p95_s)}"
+            )
+            if returning and lv.returning and b.returning:
+                a, ab = lv.returning, b.returning
+                line += (
+                    f" | {_ms(a.ttft_p50_s):>9} {_x(a.ttft_p50_s, ab.ttft_p50_s)} "
+                    f"{_ms(a.ttft_p95_s):>9} {_x(a.ttft_p95_s, ab.ttft_p95_s)}"
+                )
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _x(a: float, b: float) -> str:
+    r = ratio(a, b)
+    return f"{'-':>6}" if r != r else f"{r:>5.2f}x"
 
 
 def _ms(seconds: float) -> str:
