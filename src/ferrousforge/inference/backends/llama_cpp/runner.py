@@ -84,7 +84,11 @@ class LlamaRunner:
             raw = as_float_array(self.ctx.logits_row(row), self.n_vocab).copy()
         t0 = time.thread_time()  # CPU time: the sampling's own cost, not the machine's load
         try:
-            res.token = seq.sampler.sample(self.ctx.ptr, row, self._eog if seq.bans_eog else None)
+            if seq.sampler.plain_greedy:
+                res.token = self._argmax(row, seq.bans_eog)
+            else:
+                banned = self._eog if seq.bans_eog else None
+                res.token = seq.sampler.sample(self.ctx.ptr, row, banned)
         except NativeCallError as e:
             res.error = e  # this sequence fails; the sampler is not used again
             return res
@@ -95,6 +99,16 @@ class LlamaRunner:
         elif raw is not None:
             res.logprob = logprob_entry(raw, res.token, top_n or 0)
         return res
+
+    def _argmax(self, row: int, ban_eog: bool) -> int:
+        """Greedy pick from the raw logits: the first of the highest, as llama.cpp's greedy."""
+        logits = as_float_array(self.ctx.logits_row(row), self.n_vocab)
+        token = int(logits.argmax())
+        if ban_eog and token in self.eog_ids:
+            logits = logits.copy()
+            logits[self._eog] = -np.inf
+            token = int(logits.argmax())
+        return token
 
     def _prompt_logprobs(self, seq: Sequence, ch, start: int) -> list[LogprobEntry]:
         prompt = seq.prompt_ids

@@ -72,6 +72,17 @@ class SamplerChain(NativeHandle):
             self.close()
             raise
         self.seed = opts.seed
+        # A bare greedy pick keeps no state: the runner may take the argmax of the logits
+        # itself (tens of microseconds) instead of llama_sampler_sample, which first copies
+        # the whole vocabulary into a candidate array.
+        self.plain_greedy = (
+            opts.greedy
+            and not opts.grammar
+            and not opts.logit_bias
+            and self.grammar is None
+            and self._lazy is None
+            and lib.llama_sampler_chain_n(chain) == 1
+        )
 
     def _init_lazy(self, vocab_ptr, n_vocab, opts: InferenceOptions, budget_s, piece) -> None:
         """Check the grammar now (parse, cost), create it when the trigger fires."""
