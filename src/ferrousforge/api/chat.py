@@ -242,7 +242,7 @@ def _deltas(job: ChatJob, events: list[Event]) -> list[dict[str, Any]]:
 
 async def _events(
     req: ChatCompletionRequest, job: ChatJob, cid: str, created: int
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     base: dict[str, Any] = {
         "id": cid,
@@ -254,7 +254,7 @@ async def _events(
     if include_usage:
         base["usage"] = None
 
-    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None) -> str:
+    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None) -> bytes:
         choice = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
         return event({**base, "choices": [choice]})
 

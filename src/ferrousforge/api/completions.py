@@ -207,7 +207,7 @@ async def respond(req: CompletionRequest, job: Job, request: Request) -> Respons
     )
 
 
-async def _events(req: CompletionRequest, job: Job, cid: str, created: int) -> AsyncIterator[str]:
+async def _events(req: CompletionRequest, job: Job, cid: str, created: int) -> AsyncIterator[bytes]:
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     base = {
         "id": cid,

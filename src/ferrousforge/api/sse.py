@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -13,14 +14,16 @@ from ferrousforge.api.errors import error_response
 
 log = logging.getLogger(__name__)
 
-DONE = "data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 
 
-def event(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def event(data: dict) -> bytes:
+    """One ``data:`` line. orjson: the event loop builds one per token per stream, and each
+    microsecond it spends is taken from the decode beside it on the same cores."""
+    return b"data: " + orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
 
 
-async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """After the headers are sent an error can only travel as an event; then [DONE]."""
     try:
         async for e in events:
@@ -34,7 +37,7 @@ async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
 class _SSEResponse(StreamingResponse):
     """Calls ``on_close`` however the response ends, even if the body never started."""
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
@@ -49,6 +52,6 @@ class _SSEResponse(StreamingResponse):
             self._on_close()
 
 
-def sse_response(events: AsyncIterator[str], on_close: Callable[[], None]) -> StreamingResponse:
+def sse_response(events: AsyncIterator[bytes], on_close: Callable[[], None]) -> StreamingResponse:
     """Stream ``events``; ``on_close`` frees the request's slots when the response ends."""
     return _SSEResponse(_guarded(events), on_close)
