@@ -2,7 +2,9 @@
 
 The "model" is a pure function of (request's first prompt token, position), so
 any token that lands in the wrong request is detectable. It keeps a KV cell
-count per slot to exercise the cache-full path.
+count per slot to exercise the cache-full path. A chunk with drafted tokens is verified
+as llama.cpp's runner does: one sample per row, up to the first that differs from the
+draft; its KV keeps every decoded position until the scheduler trims it.
 """
 
 from __future__ import annotations
@@ -75,27 +77,43 @@ class ScriptedRunner:
         results = []
         for c in plan.chunks:
             seq = c.seq
+            known = len(c.tokens) - c.n_draft
             assert c.pos0 == self.kv.get(seq.slot, 0), "chunk does not continue the slot's KV"
-            assert c.tokens == seq.all_ids[c.pos0 : c.pos0 + len(c.tokens)]
+            assert c.tokens[:known] == seq.all_ids[c.pos0 : c.pos0 + known]
             self.kv[seq.slot] = c.pos0 + len(c.tokens)
             self.decoded_tokens += len(c.tokens)
             res = ChunkResult()
-            if c.sample and not self._scripted_end(seq.sampler, res, seq):
-                n_out = len(seq.output_ids)
-                forced = seq.sampler.forced if seq.sampler is not None else {}
-                token = forced.get(n_out, scripted_token(seq.prompt_ids[0], seq.n_tokens))
-                if token == EOG and seq.bans_eog:
-                    token = scripted_token(seq.prompt_ids[0], seq.n_tokens)
-                res.token = token
+            if c.sample:
+                draft = c.draft
+                for i in range(len(draft) + 1):
+                    if self._scripted_end(seq.sampler, res, seq, i):
+                        break
+                    token = self._next_token(seq, i)
+                    res.tokens.append(token)
+                    if i == len(draft) or token != draft[i] or token == EOG:
+                        break
             results.append(res)
         return results
 
     @staticmethod
-    def _scripted_end(sampler: ScriptedSampler | None, res: ChunkResult, seq: Sequence) -> bool:
+    def _next_token(seq: Sequence, i: int) -> int:
+        """The token sampled after the chunk's known tokens and ``i`` accepted drafts."""
+        n_out = len(seq.output_ids) + i
+        forced = seq.sampler.forced if seq.sampler is not None else {}
+        natural = scripted_token(seq.prompt_ids[0], seq.n_tokens + i)
+        token = forced.get(n_out, natural)
+        if token == EOG and (seq.limits.ignore_eos or n_out < seq.limits.min_tokens):
+            token = natural
+        return token
+
+    @staticmethod
+    def _scripted_end(
+        sampler: ScriptedSampler | None, res: ChunkResult, seq: Sequence, i: int = 0
+    ) -> bool:
         """Apply the sampler's failure / exhaustion script; True if no token comes."""
         if sampler is None:
             return False
-        n_out = len(seq.output_ids)
+        n_out = len(seq.output_ids) + i
         res.sample_s = sampler.sample_s
         if sampler.fail_at == n_out:
             res.error = sampler.error or RuntimeError("scripted sampling failure")

@@ -467,6 +467,29 @@ def test_metrics_format(server: Server) -> None:
     assert "ferrousforge_mean_busy_slots_per_decode" in text
 
 
+def test_speculative_decoding_is_counted_and_a_request_can_opt_out(server: Server) -> None:
+    code = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(6))
+    body = {
+        "prompt": f"{code}# The same functions again:\n\ndef f0(x):\n",
+        "max_tokens": 40,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    with server.http() as h:
+        before = h.get("/metrics").text
+        plain = h.post("/v1/completions", json={**body, "speculative.n_max": 0}).json()
+        middle = h.get("/metrics").text
+        fast = h.post("/v1/completions", json=body).json()
+        after = h.get("/metrics").text
+        bad = h.post("/v1/completions", json={**body, "speculative.n_max": -1})
+    assert _metric(middle, "draft_tokens_total") == _metric(before, "draft_tokens_total")
+    assert _metric(after, "draft_accepted_tokens_total") > _metric(
+        middle, "draft_accepted_tokens_total"
+    )
+    assert fast["choices"][0]["text"] == plain["choices"][0]["text"]  # greedy: the same text
+    assert bad.status_code == 400 and "speculative.n_max" in bad.text
+
+
 def test_tokenize_detokenize_and_info(server: Server) -> None:
     with server.http() as h:
         a = h.post("/tokenize", json={"content": "Hello world"}).json()

@@ -91,6 +91,23 @@ class ServerSettings(BaseSettings):
         "grammar) takes longer for one token is ended with an error, so it cannot stall the "
         "others; a grammar whose first step alone takes longer is refused (0: no budget)",
     )
+    draft_max: int = Field(
+        16,
+        ge=0,
+        le=256,
+        description="speculative decoding by prompt lookup: most tokens guessed from the "
+        "sequence's own earlier tokens and verified per step (0: off; a request may lower "
+        "it with 'speculative.n_max')",
+    )
+    draft_min: int = Field(
+        1, ge=1, le=256, description="speculative decoding: shorter drafts are not verified"
+    )
+    draft_max_batch: int = Field(
+        2,
+        ge=0,
+        description="speculative decoding: draft only while at most this many sequences are "
+        "generating (a fuller batch already keeps the cores busy)",
+    )
     max_tokens_limit: int = Field(
         4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"
     )

@@ -22,6 +22,12 @@ _COUNTERS = [
     ("requests_rejected_total", "Requests refused because the queue was full", "requests_rejected"),
     ("preemptions_total", "Sequences preempted because the KV cache was full", "preemptions"),
     ("decode_steps_total", "llama_decode calls", "decode_steps"),
+    ("draft_tokens_total", "Speculative decoding: drafted tokens verified", "draft_tokens"),
+    (
+        "draft_accepted_tokens_total",
+        "Speculative decoding: drafted tokens accepted",
+        "draft_accepted_tokens",
+    ),
 ]
 _HISTOGRAMS = [
     ("time_to_first_token_seconds", "Time from arrival to first token", "ttft"),

@@ -32,6 +32,7 @@ _SAME_NAME = (
     "dry_sequence_breakers",
     "xtc_probability",
     "xtc_threshold",
+    "draft_max",
 )
 
 

@@ -16,6 +16,7 @@ MAX_BIAS = 100.0  # |bias| as OpenAI; the library also takes -inf (ban)
 MAX_BREAKERS = 32  # each costs a scan of the vocabulary when the sampler is built
 MAX_BREAKER_CHARS = 40  # llama.cpp's DRY cuts longer breakers at 40 characters
 MAX_LOGPROBS = 20
+MAX_DRAFT = 256  # draft tokens per step (the model's own setting caps it further)
 
 
 def _num(v: float) -> str:
@@ -161,6 +162,9 @@ class InferenceOptions:
     preserved_tokens: list[str] = field(default_factory=list)
     logprobs: int | None = None  # top-N log-probabilities per generated token
     echo_logprobs: bool = False  # also log-probabilities of the prompt tokens
+    # Speculative decoding: most tokens drafted per step (None: the model's setting; 0: off
+    # for this request). Outputs are the same either way; only the speed differs.
+    draft_max: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -188,6 +192,12 @@ class InferenceOptions:
             f"between -{MAX_BIAS:g} and {MAX_BIAS:g} (or -inf)",
         )
         _check(self.mirostat in (0, 1, 2), "mirostat", "0, 1 or 2")
+        _check(
+            self.draft_max is None
+            or (type(self.draft_max) is int and 0 <= self.draft_max <= MAX_DRAFT),
+            "draft_max",
+            f"None or an integer >= 0 and <= {MAX_DRAFT}",
+        )
         _check_strings(
             "dry_sequence_breakers", self.dry_sequence_breakers, MAX_BREAKERS, MAX_BREAKER_CHARS
         )

@@ -29,6 +29,7 @@ from ferrousforge.api.request import (
     MAX_BIAS,
     MAX_BREAKER_CHARS,
     MAX_BREAKERS,
+    MAX_DRAFT,
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
     MAX_STOP,
@@ -123,6 +124,8 @@ class SamplingFields(_Body):
     dry_sequence_breakers: Annotated[list[Breaker], Field(max_length=MAX_BREAKERS)] | None = None
     xtc_probability: StrictFloat | None = _bounded("xtc_probability")
     xtc_threshold: StrictFloat | None = _bounded("xtc_threshold")
+    # llama-server's name: speculative decoding's draft length for this request (0: off)
+    draft_max: StrictInt | None = Field(None, ge=0, le=MAX_DRAFT, alias="speculative.n_max")
 
 
 class CompletionRequest(SamplingFields):

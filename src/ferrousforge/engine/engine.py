@@ -23,6 +23,7 @@ from ferrousforge.engine.output import Detokenizer
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, Runner
 from ferrousforge.engine.scheduler import Scheduler
 from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
+from ferrousforge.engine.speculation import SpecConfig
 from ferrousforge.engine.stats import EngineStats
 from ferrousforge.errors import EngineOverloadedError, EngineStoppedError, SamplingBudgetError
 
@@ -102,12 +103,13 @@ class Engine:
         prefix_cache: bool = True,
         name: str = "engine",
         sample_budget_s: float | None = None,
+        spec: SpecConfig | None = None,
     ) -> None:
         self.runner = runner
         # Sampling runs on this thread between decodes: one request's slow sampling (a huge
         # grammar) would stall every other stream, so a token over budget ends its request.
         self.sample_budget_s = sample_budget_s
-        self.scheduler = Scheduler(runner, prefix_cache=prefix_cache)
+        self.scheduler = Scheduler(runner, prefix_cache=prefix_cache, spec=spec)
         self.piece = piece
         self.max_waiting = max_waiting
         self.stats = EngineStats()
@@ -288,24 +290,32 @@ class Engine:
         with st.lock:
             st.decode_steps += 1
             st.busy_slots_sum += sum(1 for c in plan.chunks if c.sample)
+            st.draft_tokens = self.scheduler.drafted
+            st.draft_accepted_tokens = self.scheduler.accepted
             st.running = len(self.scheduler.running)
             st.waiting = len(self.scheduler.waiting)
 
     def _emit(self, seq: Sequence, res: ChunkResult) -> None:
-        text, ids = "", []
-        if res.token is not None:
-            ids = [res.token]
-            text, hit_stop = seq.output.feed(res.token)
-            if hit_stop:
+        ids = res.tokens
+        logprobs = res.logprobs or None
+        texts = []
+        for i, token in enumerate(ids):
+            text, hit_stop = seq.output.feed(token)
+            texts.append(text)
+            if hit_stop:  # nothing sampled after the stop string is output
+                self.scheduler.drop_output(seq, len(ids) - i - 1)
+                ids = ids[: i + 1]
+                logprobs = logprobs[: i + 1] if logprobs else None
                 seq.stop_reason = seq.output.stopped_on
                 self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
-            if seq.prev_token_at:
-                self.stats.inter_token.observe(seq.last_token_at - seq.prev_token_at)
+                break
+        if ids and seq.prev_token_at:
+            # Tokens accepted together share the step's interval.
+            gap = (seq.last_token_at - seq.prev_token_at) / len(ids)
+            for _ in ids:
+                self.stats.inter_token.observe(gap)
         out = RequestOutput(
-            text,
-            ids,
-            logprobs=[res.logprob] if res.logprob else None,
-            prompt_logprobs=res.prompt_logprobs,
+            "".join(texts), ids, logprobs=logprobs, prompt_logprobs=res.prompt_logprobs
         )
         if seq.is_finished:
             out.text += seq.output.flush()

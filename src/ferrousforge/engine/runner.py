@@ -25,11 +25,23 @@ class KVOp:
 
 @dataclass(slots=True)
 class ScheduledChunk:
+    """Tokens of one sequence at positions pos0.. in this step's batch.
+
+    The last ``n_draft`` tokens are a guess (speculative decoding), not yet the sequence's:
+    the runner samples after every token from the last known one on, and accepts the
+    guesses for as long as each sample equals the next one.
+    """
+
     seq: Sequence
     tokens: list[int]
     pos0: int
     sample: bool  # the chunk ends the known tokens: sample the next one
     all_logits: bool = False  # prompt log-probabilities wanted for this chunk
+    n_draft: int = 0
+
+    @property
+    def draft(self) -> list[int]:
+        return self.tokens[len(self.tokens) - self.n_draft :] if self.n_draft else []
 
 
 @dataclass(slots=True)
@@ -54,15 +66,18 @@ class LogprobEntry:
 
 @dataclass(slots=True)
 class ChunkResult:
-    """What execute returns for one chunk: the sampled token if it sampled.
+    """What execute returns for one chunk: the sampled tokens if it sampled.
 
-    ``exhausted``: nothing could be sampled because no token is allowed (a grammar that
-    is complete); the sequence ends with "stop". ``error``: sampling failed for this
-    sequence alone (it fails, the others go on). ``sample_s``: CPU time spent sampling.
+    One token, or with a draft: the sampled tokens up to and including the first that
+    differs from the draft (or all drafts plus one). ``logprobs``: one entry per token
+    when asked for. ``exhausted``: nothing could be sampled because no token is allowed
+    (a grammar that is complete); the sequence ends with "stop". ``error``: sampling failed
+    for this sequence alone (it fails, the others go on). ``sample_s``: the CPU time of
+    the slowest single token's sampling.
     """
 
-    token: int | None = None
-    logprob: LogprobEntry | None = None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[LogprobEntry] | None = None
     prompt_logprobs: list[LogprobEntry] | None = None  # for chunk.tokens[1:] and the next
     exhausted: bool = False
     error: BaseException | None = None
@@ -82,7 +97,8 @@ class Runner(Protocol):
     wants_contiguous_slots: bool  # the scheduler moves sequences to close gaps between slots
 
     def execute(self, plan: StepPlan) -> list[ChunkResult]:
-        """Apply plan.kv_ops, decode every chunk in one batch, sample where asked.
+        """Apply plan.kv_ops, decode every chunk in one batch, sample where asked (after
+        each token of a chunk's draft too, stopping at the first sample that differs).
 
         Raises KVCacheFull when the cache has no room (state unchanged but for kv_ops).
         """

@@ -6,7 +6,9 @@ prompt never stalls running streams). New requests take a free slot, reusing
 the longest common token prefix already in any slot's KV (prefix cache). Busy
 slots are kept contiguous (lowest free slot first; a lasting gap is closed by
 moving a sequence), because llama.cpp decodes separate KV streams in one ubatch
-only over consecutive sequence ids.
+only over consecutive sequence ids. With speculation on, a generating sequence's token
+may bring drafted tokens along (engine/speculation.py); the KV of drafts that were not
+accepted is dropped as soon as the step is done.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ferrousforge.engine.runner import ChunkResult, KVOp, Runner, ScheduledChunk, StepPlan
 from ferrousforge.engine.sequence import Sequence, SequenceStatus
+from ferrousforge.engine.speculation import SeqSpeculation, SpecConfig
 from ferrousforge.errors import ContextOverflowError
 
 # Copying another slot's KV moves its whole buffer (separate streams), so only
@@ -47,7 +50,9 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    def __init__(self, runner: Runner, prefix_cache: bool = True) -> None:
+    def __init__(
+        self, runner: Runner, prefix_cache: bool = True, spec: SpecConfig | None = None
+    ) -> None:
         self.runner = runner
         self.n_batch = runner.n_batch
         self.n_ctx = runner.n_ctx
@@ -61,6 +66,10 @@ class Scheduler:
         # After a preemption, admit nothing until a running sequence finishes:
         # otherwise the victim is readmitted at once and the cache thrashes.
         self.admission_blocked = False
+        # Rejected drafts must leave the KV cache: not possible in recurrent state.
+        self.spec = spec if spec is not None and runner.supports_prefix_cache else SpecConfig()
+        self.drafted = 0  # draft tokens verified
+        self.accepted = 0  # of which the sampler accepted
 
     # ---- admission -------------------------------------------------------
 
@@ -154,11 +163,18 @@ class Scheduler:
         if self.runner.wants_contiguous_slots:
             self._compact(plan)
         budget = self.n_batch
-        # Generating sequences first: one token each keeps every stream moving.
-        for seq in self.running:
-            if seq.n_pending == 1 and budget > 0:
-                self._add_chunk(plan, seq, 1)
-                budget -= 1
+        # Generating sequences first: one token each keeps every stream moving, plus the
+        # drafts while few sequences share the step (what the one-token rows leave).
+        generating = [seq for seq in self.running if seq.n_pending == 1]
+        drafting = self.spec.enabled and len(generating) <= self.spec.max_batch
+        spare = budget - len(generating)
+        for seq in generating:
+            if budget <= 0:
+                break
+            draft = self._draft(seq, spare) if drafting and spare > 0 else []
+            spare -= len(draft)
+            self._add_chunk(plan, seq, 1, draft)
+            budget -= 1 + len(draft)
         for seq in self.running:
             if seq.n_pending > 1 and budget > 0:
                 k = min(seq.n_pending, budget)
@@ -197,53 +213,115 @@ class Scheduler:
         busy = [s.id for s in self.slots if s.seq is not None]
         return bool(busy) and busy[-1] + 1 > len(busy)
 
-    def _add_chunk(self, plan: StepPlan, seq: Sequence, k: int) -> None:
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
+        """Guessed tokens to verify after ``seq``'s pending one (none if not worth it)."""
+        cfg = self.spec
+        asked = seq.limits.draft_max
+        limit = min(cfg.draft_max if asked is None else asked, room, self.n_ctx - seq.n_tokens)
+        if seq.limits.max_tokens is not None:  # the step yields up to len(draft) + 1 tokens
+            limit = min(limit, seq.limits.max_tokens - len(seq.output_ids) - 1)
+        if limit < cfg.draft_min:
+            return []
+        if seq.spec is None:
+            seq.spec = SeqSpeculation(cfg)
+        draft = seq.spec.draft(seq.prompt_ids, seq.output_ids, limit)
+        return draft if len(draft) >= cfg.draft_min else []
+
+    def _add_chunk(
+        self, plan: StepPlan, seq: Sequence, k: int, draft: list[int] | None = None
+    ) -> None:
         start = seq.n_computed
         ids = seq.all_ids
         tokens = ids[start : start + k]
         sample = start + k == len(ids) and seq.limits.max_tokens != 0
         all_logits = seq.limits.echo_logprobs and start < len(seq.prompt_ids)
-        plan.chunks.append(ScheduledChunk(seq, tokens, start, sample, all_logits))
+        chunk = ScheduledChunk(seq, tokens, start, sample, all_logits)
+        if draft:
+            chunk.tokens += draft
+            chunk.n_draft = len(draft)
+        plan.chunks.append(chunk)
 
     def postprocess(
         self, plan: StepPlan, results: list[ChunkResult]
     ) -> list[tuple[Sequence, ChunkResult]]:
         """Advance sequences past the decoded chunks; apply token-level stop rules.
 
-        Returns the sequences with something to report: a sampled token, prompt
-        log-probabilities, or a finish.
+        Returns the sequences with something to report: sampled tokens, prompt
+        log-probabilities, or a finish. Several tokens of one sequence (accepted drafts)
+        meet the stop rules one by one, as if they had come in separate steps; ``res``
+        keeps only those that became output.
         """
         sampled = []
-        eog = self.runner.eog_ids
         now = time.perf_counter()
         for chunk, res in zip(plan.chunks, results, strict=True):
             seq = chunk.seq
-            seq.n_computed += len(chunk.tokens)
+            seq.n_computed += len(chunk.tokens) - chunk.n_draft
             if seq.limits.max_tokens == 0 and seq.n_computed >= len(seq.prompt_ids):
                 # Prompt-only request (e.g. echo with prompt logprobs): done after prefill.
                 self.finish(seq, SequenceStatus.FINISHED_LENGTH)
                 sampled.append((seq, res))
                 continue
-            if not chunk.sample or res.token is None or seq.is_finished:
+            if chunk.n_draft:
+                self._verify(chunk, res)
+            if not chunk.sample or not res.tokens or seq.is_finished:
                 if res.prompt_logprobs is not None:
                     sampled.append((seq, res))
                 continue
-            token = res.token
             if seq.first_token_at == 0.0:
                 seq.first_token_at = now
             seq.prev_token_at, seq.last_token_at = seq.last_token_at, now
-            if token in eog and not seq.bans_eog:
-                res.token = None  # the end-of-generation token is not part of the output
-                self.finish(seq, SequenceStatus.FINISHED_STOPPED)
-            else:
-                seq.output_ids.append(token)
-                max_tokens = seq.limits.max_tokens
-                if (max_tokens is not None and len(seq.output_ids) >= max_tokens) or (
-                    seq.n_tokens >= self.n_ctx
-                ):
-                    self.finish(seq, SequenceStatus.FINISHED_LENGTH)
+            status = self._append_output(seq, res)
+            if chunk.n_draft and seq.n_computed > seq.n_tokens:  # stopped inside the draft
+                seq.n_computed = seq.n_tokens
+                self.runner.release_slot(seq.slot, seq.n_computed)  # type: ignore[arg-type]
+            if status is not None:
+                self.finish(seq, status)
             sampled.append((seq, res))
         return sampled
+
+    def _verify(self, chunk: ScheduledChunk, res: ChunkResult) -> None:
+        """Count the draft tokens the sampler accepted; drop the KV of the others."""
+        seq, draft = chunk.seq, chunk.draft
+        accepted = 0
+        while accepted < len(res.tokens) and accepted < len(draft):
+            if res.tokens[accepted] != draft[accepted]:
+                break
+            accepted += 1
+        seq.n_computed += accepted
+        self.drafted += len(draft)
+        self.accepted += accepted
+        if seq.spec is not None:
+            asked = seq.limits.draft_max
+            cap = self.spec.draft_max if asked is None else min(asked, self.spec.draft_max)
+            seq.spec.update(len(draft), accepted, cap)
+        if accepted < len(draft) and seq.slot is not None:
+            self.runner.release_slot(seq.slot, seq.n_computed)
+
+    def _append_output(self, seq: Sequence, res: ChunkResult) -> SequenceStatus | None:
+        """Append sampled tokens until a stop rule; the finish status, if one applied."""
+        eog = self.runner.eog_ids
+        max_tokens = seq.limits.max_tokens
+        for i, token in enumerate(res.tokens):
+            if token in eog and not seq.bans_eog:
+                _keep(res, i)  # the end-of-generation token is not part of the output
+                return SequenceStatus.FINISHED_STOPPED
+            seq.output_ids.append(token)
+            if (max_tokens is not None and len(seq.output_ids) >= max_tokens) or (
+                seq.n_tokens >= self.n_ctx
+            ):
+                _keep(res, i + 1)
+                return SequenceStatus.FINISHED_LENGTH
+        return None
+
+    def drop_output(self, seq: Sequence, n: int) -> None:
+        """Forget the last ``n`` output tokens (sampled in one step past a stop string)."""
+        if n <= 0:
+            return
+        del seq.output_ids[-n:]
+        if seq.n_computed > seq.n_tokens:
+            seq.n_computed = seq.n_tokens
+            if seq.slot is not None:
+                self.runner.release_slot(seq.slot, seq.n_computed)
 
     # ---- finishing, aborting, preempting ----------------------------------
 
@@ -295,3 +373,10 @@ class Scheduler:
 
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.seq is not None)
+
+
+def _keep(res: ChunkResult, n: int) -> None:
+    """Cut a result to its first ``n`` tokens (a stop rule ended the sequence there)."""
+    del res.tokens[n:]
+    if res.logprobs is not None:
+        del res.logprobs[n:]

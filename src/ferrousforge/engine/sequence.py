@@ -6,7 +6,10 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferrousforge.engine.speculation import SeqSpeculation
 
 
 class SequenceStatus(enum.IntEnum):
@@ -43,6 +46,9 @@ class SamplingLimits:
     # How this request's tokens become text (None: the engine's piece function); set when
     # some special tokens must be rendered (InferenceOptions.preserved_tokens).
     piece: Callable[[int], bytes] | None = None
+    # Most tokens drafted per step by speculative decoding (None: the engine's setting,
+    # 0: off for this request; it can lower the engine's, never raise it).
+    draft_max: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +70,7 @@ class Sequence:
     last_token_at: float = 0.0
     prev_token_at: float = 0.0
     output: Any = None  # the output stage's per-sequence state
+    spec: SeqSpeculation | None = None  # speculative decoding state, once it drafts
     stop_reason: str | None = None
 
     @property

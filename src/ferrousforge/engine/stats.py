@@ -45,6 +45,8 @@ class EngineStats:
     cached_prompt_tokens: int = 0
     prefix_cache_hits: int = 0
     decode_steps: int = 0
+    draft_tokens: int = 0  # speculative decoding: drafted tokens verified
+    draft_accepted_tokens: int = 0  # of which accepted
     busy_slots_sum: int = 0  # over decode steps: / decode_steps is the mean batch
     running: int = 0
     waiting: int = 0

@@ -80,6 +80,12 @@ class BackendConfig:
     # Per-token sampling budget: a request whose sampling (a huge grammar) takes longer
     # for one token is ended with SamplingBudgetError; 0 turns the check off.
     sample_budget_ms: float = 500.0
+    # Speculative decoding by prompt lookup (engine/speculation.py): at most draft_max
+    # tokens guessed per step and sequence (0: off), none shorter than draft_min, and only
+    # while at most draft_max_batch sequences are generating.
+    draft_max: int = 16
+    draft_min: int = 1
+    draft_max_batch: int = 2
     progress_callback: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +109,9 @@ class BackendConfig:
                 "sample_budget_ms",
                 ">= 0 (0: no budget)",
             ),
+            (self.draft_max >= 0, "draft_max", ">= 0 (0: no speculative decoding)"),
+            (self.draft_min >= 1, "draft_min", ">= 1"),
+            (self.draft_max_batch >= 0, "draft_max_batch", ">= 0"),
             (self.main_gpu >= 0, "main_gpu", ">= 0"),
             (self.split_mode in ("none", "layer", "row"), "split_mode", "none, layer or row"),
             (self.flash_attention in ("auto", "on", "off"), "flash_attention", "auto, on or off"),

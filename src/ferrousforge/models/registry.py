@@ -75,6 +75,9 @@ def backend_config(
         kv_unified=pick("kv_unified"),
         library_path=settings.llama_lib,
         sample_budget_ms=settings.sample_budget_ms,
+        draft_max=settings.draft_max,
+        draft_min=settings.draft_min,
+        draft_max_batch=settings.draft_max_batch,
         progress_callback=progress,
     )
     threads = pick("threads")

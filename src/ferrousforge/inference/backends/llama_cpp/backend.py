@@ -14,6 +14,7 @@ from ferrousforge.api.request import InferenceOptions
 from ferrousforge.engine.engine import Engine, RequestOutput, RequestStream
 from ferrousforge.engine.runner import LogprobEntry
 from ferrousforge.engine.sequence import SamplingLimits
+from ferrousforge.engine.speculation import SpecConfig
 from ferrousforge.errors import ModelNotFoundError
 from ferrousforge.inference.backend import (
     Accelerator,
@@ -80,6 +81,7 @@ def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
     limits = SamplingLimits(
         o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
     )
+    limits.draft_max = o.draft_max
     keep = vocab.special_ids(o.preserved_tokens) if o.preserved_tokens else frozenset()
     if keep:
         limits.piece = lambda t: vocab.piece(t, t in keep)
@@ -125,6 +127,7 @@ class LlamaCppBackend:
             prefix_cache=config.prefix_cache,
             name=path.stem,
             sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
+            spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
         )
         handle = ModelHandle(next(_handle_ids), path, self.name)
         loaded = LoadedModel(handle, gguf, config, model, context, engine)

@@ -60,7 +60,7 @@ class LlamaRunner:
         starts = [0] * len(plan.chunks)
         for i in sorted(range(len(plan.chunks)), key=lambda i: plan.chunks[i].seq.slot):
             ch = plan.chunks[i]
-            mode = "all" if ch.all_logits else ("last" if ch.sample else "none")
+            mode = "all" if ch.all_logits or ch.n_draft else ("last" if ch.sample else "none")
             starts[i] = b.add(ch.tokens, ch.seq.slot, ch.pos0, mode)
         rc = ctx.decode(b.as_struct())
         if rc == 1:
@@ -77,27 +77,40 @@ class LlamaRunner:
             res.prompt_logprobs = self._prompt_logprobs(seq, ch, start)
         if not ch.sample:
             return res
-        row = start + len(ch.tokens) - 1
+        # Sample after the last known token, then after each draft token while the samples
+        # agree with the draft: exactly the tokens one-at-a-time decoding would sample.
+        draft = ch.draft
+        first = start + len(ch.tokens) - 1 - len(draft)
         top_n = seq.limits.logprobs
-        raw = None
-        if top_n is not None:  # from the raw logits, before grammar and sampler chain
-            raw = as_float_array(self.ctx.logits_row(row), self.n_vocab).copy()
-        t0 = time.thread_time()  # CPU time: the sampling's own cost, not the machine's load
-        try:
-            if seq.sampler.plain_greedy:
-                res.token = self._argmax(row, seq.bans_eog)
-            else:
-                banned = self._eog if seq.bans_eog else None
-                res.token = seq.sampler.sample(self.ctx.ptr, row, banned)
-        except NativeCallError as e:
-            res.error = e  # this sequence fails; the sampler is not used again
-            return res
-        finally:
-            res.sample_s = time.thread_time() - t0
-        if res.token is None:
-            res.exhausted = True
-        elif raw is not None:
-            res.logprob = logprob_entry(raw, res.token, top_n or 0)
+        if top_n is not None:
+            res.logprobs = []
+        n_out = len(seq.output_ids)
+        lim = seq.limits
+        for i in range(len(draft) + 1):
+            row = first + i
+            raw = None
+            if top_n is not None:  # from the raw logits, before grammar and sampler chain
+                raw = as_float_array(self.ctx.logits_row(row), self.n_vocab).copy()
+            banned = lim.ignore_eos or n_out + i < lim.min_tokens
+            t0 = time.thread_time()  # CPU time: the sampling's own cost, not the machine's load
+            try:
+                if seq.sampler.plain_greedy:
+                    token = self._argmax(row, banned)
+                else:
+                    token = seq.sampler.sample(self.ctx.ptr, row, self._eog if banned else None)
+            except NativeCallError as e:
+                res.error = e  # this sequence fails; the sampler is not used again
+                return res
+            finally:
+                res.sample_s = max(res.sample_s, time.thread_time() - t0)
+            if token is None:  # a completed grammar: nothing more may follow
+                res.exhausted = True
+                return res
+            res.tokens.append(token)
+            if raw is not None:
+                res.logprobs.append(logprob_entry(raw, token, top_n or 0))  # type: ignore[union-attr]
+            if i == len(draft) or token != draft[i] or token in self.eog_ids:
+                return res
         return res
 
     def _argmax(self, row: int, ban_eog: bool) -> int:
