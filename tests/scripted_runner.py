@@ -1,14 +1,18 @@
 """A model-free Runner for scheduler and engine tests.
 
 The "model" is a pure function of (request's first prompt token, position), so
-any token that lands in the wrong request is detectable. It keeps a KV cell
-count per slot to exercise the cache-full path. A chunk with drafted tokens is verified
-as llama.cpp's runner does: one sample per row, up to the first that differs from the
-draft; its KV keeps every decoded position until the scheduler trims it.
+any token that lands in the wrong request is detectable. It keeps each slot's KV
+as the token ids it holds (so a chunk that does not continue its slot's contents, e.g.
+after a wrong restore, fails an assertion) and a cell count to exercise the cache-full
+path. Saved states (the host prompt cache) are the token ids, packed. A chunk with
+drafted tokens is verified as llama.cpp's runner does: one sample per row, up to the
+first that differs from the draft; its KV keeps every decoded position until the
+scheduler trims it.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, StepPlan
@@ -54,7 +58,12 @@ class ScriptedRunner:
         self.supports_prefix_cache = True
         self.wants_contiguous_slots = True
         self.kv_capacity = kv_capacity  # total cells; None = unlimited
+        self.n_swa = 0
         self.kv: dict[int, int] = {}  # slot -> cells held (positions 0..n-1)
+        self.contents: dict[int, list[int]] = {}  # slot -> the token ids those cells hold
+        self.saves: list[tuple[int, int]] = []  # (slot, tokens) per save_state
+        self.restores: list[tuple[int, int]] = []  # (slot, tokens) per successful restore
+        self.fail_restores = False  # restore_state refuses every state (as set_data -> 0)
         self.plans: list[StepPlan] = []
         self.decoded_tokens = 0
         self.kv_full_events = 0
@@ -67,8 +76,10 @@ class ScriptedRunner:
             if op.kind == "rm":
                 held = self.kv.get(op.seq, 0)
                 self.kv[op.seq] = held if op.p0 < 0 else min(held, op.p0)
+                self.contents[op.seq] = self.contents.get(op.seq, [])[: self.kv[op.seq]]
             else:
                 self.kv[op.seq] = self.kv.get(op.src, 0) if op.p1 < 0 else op.p1
+                self.contents[op.seq] = self.contents.get(op.src, [])[: self.kv[op.seq]]
         new = sum(len(c.tokens) for c in plan.chunks)
         if self.kv_capacity is not None and self._used() + new > self.kv_capacity:
             self.kv_full_events += 1
@@ -80,6 +91,9 @@ class ScriptedRunner:
             known = len(c.tokens) - c.n_draft
             assert c.pos0 == self.kv.get(seq.slot, 0), "chunk does not continue the slot's KV"
             assert c.tokens[:known] == seq.all_ids[c.pos0 : c.pos0 + known]
+            held = self.contents.get(seq.slot, [])
+            assert held == seq.all_ids[: c.pos0], "the slot's KV is not this sequence's prefix"
+            self.contents[seq.slot] = held + c.tokens
             self.kv[seq.slot] = c.pos0 + len(c.tokens)
             self.decoded_tokens += len(c.tokens)
             res = ChunkResult()
@@ -123,6 +137,24 @@ class ScriptedRunner:
 
     def release_slot(self, slot: int, keep: int) -> None:
         self.kv[slot] = min(self.kv.get(slot, 0), keep)
+        self.contents[slot] = self.contents.get(slot, [])[: self.kv[slot]]
+
+    def save_state(self, slot: int, max_bytes: int) -> bytes | None:
+        state = array("i", self.contents.get(slot, [])).tobytes()
+        if not state or len(state) > max_bytes:
+            return None
+        self.saves.append((slot, len(state) // 4))
+        return state
+
+    def restore_state(self, slot: int, state: bytes) -> bool:
+        tokens = array("i", state).tolist()
+        self.kv[slot], self.contents[slot] = 0, []
+        room = self.kv_capacity is None or self._used() + len(tokens) <= self.kv_capacity
+        if self.fail_restores or not room:
+            return False
+        self.kv[slot], self.contents[slot] = len(tokens), tokens
+        self.restores.append((slot, len(tokens)))
+        return True
 
     def free_sampler(self, seq: Sequence) -> None:
         if seq.sampler is not None:
@@ -130,6 +162,7 @@ class ScriptedRunner:
 
     def reset(self) -> None:
         self.kv.clear()
+        self.contents.clear()
 
 
 def piece(token: int) -> bytes:

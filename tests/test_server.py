@@ -537,3 +537,19 @@ def test_non_streaming_client_that_leaves_frees_its_slot(server: Server) -> None
             h.post("/v1/chat/completions", json=body, timeout=0.5)
     text = _wait_idle(server)
     assert _metric(text, "requests_aborted_total") > before
+
+
+def test_a_prompt_that_lost_its_slot_comes_back_from_host_ram(tiny_server: Server) -> None:
+    """One slot: B takes A's slot, so A's second run is restored from the --cache-ram store."""
+    a, b = ("Tell me about trains. " * 12, "Tell me about boats. " * 12)
+    with tiny_server.http() as h:
+        before = _metric(h.get("/metrics").text, "host_cache_hits_total")
+        for p in (a, b):
+            h.post("/v1/completions", json={"prompt": p, "max_tokens": 2})
+        r = h.post("/v1/completions", json={"prompt": a, "max_tokens": 2}).json()
+        text = h.get("/metrics").text
+    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == r["usage"]["prompt_tokens"] - 1
+    assert _metric(text, "host_cache_hits_total") == before + 1
+    assert _metric(text, "host_cache_restored_tokens_total") >= r["usage"]["prompt_tokens"] - 1
+    assert _metric(text, "host_cache_bytes") > 0 and _metric(text, "host_cache_entries") >= 1
+    assert _metric(text, "host_cache_capacity_bytes") == 8192 * 1024 * 1024

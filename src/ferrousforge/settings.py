@@ -40,6 +40,7 @@ class ModelSettings(BaseModel):
     path: str = Field(description="path to the .gguf file (relative to the config file)")
     ctx_size: int | None = Field(None, ge=0)
     kv_unified: bool | None = None
+    cache_ram: int | None = Field(None, ge=0, description="host-RAM prompt cache, MiB")
     parallel: int | None = Field(None, ge=1, le=256)
     threads: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
@@ -81,6 +82,15 @@ class ServerSettings(BaseSettings):
         "decode; output depends on the batch)",
     )
     batch_size: int = Field(512, ge=1, description="tokens per llama_decode")
+    # 8192 MiB as llama-server's --cache-ram: the same ceiling for users who switch. It is
+    # taken only as prompts leave their slots (a 150-token prompt of the default model is
+    # about 3.5 MiB, a 2000-token one of an 8B model about 250 MiB), per loaded model.
+    cache_ram: int = Field(
+        8192,
+        ge=0,
+        description="MiB of host RAM per model for the KV of prompts that left their slot, "
+        "restored when a prompt sharing their prefix comes back (0: off)",
+    )
     max_waiting: int = Field(
         64, ge=0, description="requests queued beyond the running ones before answering 503"
     )

@@ -61,6 +61,29 @@ def _gauges(lm: LoadedModel) -> list[tuple[str, str, float]]:
     ]
 
 
+def _host_cache(lm: LoadedModel) -> list[tuple[str, str, str, float]]:
+    """The host-RAM prompt cache's series (none when it is off)."""
+    cache = lm.engine.scheduler.host_cache
+    if cache is None:
+        return []
+    st = cache.stats
+    return [
+        ("host_cache_hits_total", "Requests whose prefix was restored from host RAM", "counter",
+         st.hits),
+        ("host_cache_restored_tokens_total", "Prompt tokens restored from host RAM", "counter",
+         st.tokens_restored),
+        ("host_cache_saves_total", "Slot KV states saved to host RAM", "counter", st.saves),
+        ("host_cache_evictions_total", "Saved states evicted to stay within --cache-ram",
+         "counter", st.evictions),
+        ("host_cache_restore_failures_total", "Restores refused by llama.cpp (prefilled instead)",
+         "counter", st.restore_failures),
+        ("host_cache_bytes", "Bytes of KV state held in host RAM", "gauge", cache.n_bytes),
+        ("host_cache_entries", "Saved prompt states held in host RAM", "gauge", len(cache)),
+        ("host_cache_capacity_bytes", "The host cache's budget (--cache-ram)", "gauge",
+         cache.capacity_bytes),
+    ]  # fmt: skip
+
+
 def render_metrics(models: dict[str, LoadedModel]) -> str:
     """Prometheus exposition text for every loaded model (label model="id")."""
     sections: dict[str, list[str]] = {}
@@ -85,4 +108,6 @@ def render_metrics(models: dict[str, LoadedModel]) -> str:
                 )
         for name, help_, value in _gauges(lm):
             section(name, help_, "gauge").append(f"{PREFIX}{name}{{{label}}} {value}")
+        for name, help_, kind, value in _host_cache(lm):
+            section(name, help_, kind).append(f"{PREFIX}{name}{{{label}}} {value}")
     return "\n".join(line for lines in sections.values() for line in lines) + "\n"

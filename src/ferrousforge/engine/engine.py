@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferrousforge.engine.output import Detokenizer
+from ferrousforge.engine.prompt_cache import PromptCache
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, Runner
 from ferrousforge.engine.scheduler import Scheduler
 from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
@@ -104,12 +105,17 @@ class Engine:
         name: str = "engine",
         sample_budget_s: float | None = None,
         spec: SpecConfig | None = None,
+        host_cache_bytes: int = 0,
     ) -> None:
+        """``host_cache_bytes``: the budget of the host-RAM prompt cache (0: none)."""
         self.runner = runner
         # Sampling runs on this thread between decodes: one request's slow sampling (a huge
         # grammar) would stall every other stream, so a token over budget ends its request.
         self.sample_budget_s = sample_budget_s
-        self.scheduler = Scheduler(runner, prefix_cache=prefix_cache, spec=spec)
+        host_cache = PromptCache(host_cache_bytes) if host_cache_bytes > 0 else None
+        self.scheduler = Scheduler(
+            runner, prefix_cache=prefix_cache, spec=spec, host_cache=host_cache
+        )
         self.piece = piece
         self.max_waiting = max_waiting
         self.stats = EngineStats()

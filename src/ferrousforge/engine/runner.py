@@ -95,6 +95,7 @@ class Runner(Protocol):
     eog_ids: frozenset[int]
     supports_prefix_cache: bool
     wants_contiguous_slots: bool  # the scheduler moves sequences to close gaps between slots
+    n_swa: int  # sliding-window attention size (0: none); limits how a saved state is cut
 
     def execute(self, plan: StepPlan) -> list[ChunkResult]:
         """Apply plan.kv_ops, decode every chunk in one batch, sample where asked (after
@@ -109,6 +110,16 @@ class Runner(Protocol):
         ...
 
     def free_sampler(self, seq: Sequence) -> None: ...
+
+    def save_state(self, slot: int, max_bytes: int) -> bytes | bytearray | None:
+        """A copy of the slot's KV state for the host cache (None: larger than max_bytes,
+        or it could not be read). The slot is unchanged."""
+        ...
+
+    def restore_state(self, slot: int, state: bytes | bytearray) -> bool:
+        """Replace the slot's KV with a saved state (from any slot). False if it could
+        not be loaded; the slot is then empty."""
+        ...
 
     def reset(self) -> None:
         """Forget all KV state (after a failed step)."""

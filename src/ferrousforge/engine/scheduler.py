@@ -8,23 +8,33 @@ slots are kept contiguous (lowest free slot first; a lasting gap is closed by
 moving a sequence), because llama.cpp decodes separate KV streams in one ubatch
 only over consecutive sequence ids. With speculation on, a generating sequence's token
 may bring drafted tokens along (engine/speculation.py); the KV of drafts that were not
-accepted is dropped as soon as the step is done.
+accepted is dropped as soon as the step is done. With a host cache (PromptCache), a
+slot's KV is saved there before it is lost, and restored when a later prompt shares more
+of it than any slot does.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ferrousforge.engine.prompt_cache import PromptCache, usable_prefix
 from ferrousforge.engine.runner import ChunkResult, KVOp, Runner, ScheduledChunk, StepPlan
 from ferrousforge.engine.sequence import Sequence, SequenceStatus
 from ferrousforge.engine.speculation import SeqSpeculation, SpecConfig
 from ferrousforge.errors import ContextOverflowError
 
+log = logging.getLogger(__name__)
+
 # Copying another slot's KV moves its whole buffer (separate streams), so only
 # do it when it saves at least this many prompt tokens over the target's own cache.
 MIN_COPY_GAIN = 32
+# Restoring from the host cache copies the whole saved state into the slot: worth it only
+# when it saves at least this many prompt tokens over the best slot (and so shorter
+# sequences are not saved at all).
+MIN_RESTORE_GAIN = 32
 # Steps a gap between busy slots may last before the scheduler closes it by a move.
 GAP_PATIENCE = 2
 
@@ -51,12 +61,18 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 class Scheduler:
     def __init__(
-        self, runner: Runner, prefix_cache: bool = True, spec: SpecConfig | None = None
+        self,
+        runner: Runner,
+        prefix_cache: bool = True,
+        spec: SpecConfig | None = None,
+        host_cache: PromptCache | None = None,
     ) -> None:
         self.runner = runner
         self.n_batch = runner.n_batch
         self.n_ctx = runner.n_ctx
         self.prefix_cache = prefix_cache and runner.supports_prefix_cache
+        # KV saved in host memory when it leaves a slot (needs the slots' prefix cache).
+        self.host_cache = host_cache if self.prefix_cache else None
         self.slots = [Slot(i) for i in range(runner.n_slots)]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -107,10 +123,43 @@ class Scheduler:
         self.running.append(seq)
 
     def _choose_slot(self, seq: Sequence, free: list[Slot], plan: StepPlan) -> Slot:
-        """Pick a free slot and emit the KV edits that give it the longest reusable prefix."""
+        """Pick a free slot and emit the KV edits that give it the longest reusable prefix:
+        a free slot's own cache, a copy of another slot's KV, or a host-cache restore."""
         tokens = seq.all_ids
         # At least one token must be decoded to get logits; prompt logprobs need all of them.
         max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
+        own, own_len, src, src_len = self._slot_reuse(seq, tokens, max_reuse, free)
+        cache = self.host_cache
+        if cache is not None and max_reuse >= MIN_RESTORE_GAIN:
+            failures = cache.stats.restore_failures
+            restored = self._restore(
+                seq, tokens, max_reuse, src_len if src else own_len, free, plan
+            )
+            if restored is not None:
+                return restored
+            if cache.stats.restore_failures != failures:  # the target slot's KV is gone
+                own, own_len, src, src_len = self._slot_reuse(seq, tokens, max_reuse, free)
+        if src is None:
+            if len(own.cached) > own_len or not self.prefix_cache:
+                if len(own.cached) > own_len:
+                    self._save(own)  # the part past own_len is about to be dropped
+                plan.kv_ops.append(KVOp("rm", own.id, own_len, -1))
+            self._set_reused(seq, own_len)
+            return own
+        # Copy another slot's KV into the lowest free slot, then cut it to the prefix.
+        target = min(free, key=lambda s: s.id)
+        if target is not src:
+            self._save(target)
+        plan.kv_ops.append(KVOp("cp", target.id, -1, -1, src=src.id))
+        plan.kv_ops.append(KVOp("rm", target.id, src_len, -1))
+        self._set_reused(seq, src_len)
+        return target
+
+    def _slot_reuse(
+        self, seq: Sequence, tokens: list[int], max_reuse: int, free: list[Slot]
+    ) -> tuple[Slot, int, Slot | None, int]:
+        """The free slot to take with its own reusable prefix, and a slot worth copying
+        from (None if no other slot beats it by MIN_COPY_GAIN) with its prefix."""
 
         def value(s: Slot) -> tuple[int, int]:
             # A short shared prefix (a BOS, a chat header) saves less than it costs to leave
@@ -130,17 +179,58 @@ class Scheduler:
                 n = min(common_prefix_len(s.kv_tokens(), tokens), max_reuse)
                 if n > src_len and s is not own:
                     src, src_len = s, n
-        if src is None:
-            if len(own.cached) > own_len or not self.prefix_cache:
-                plan.kv_ops.append(KVOp("rm", own.id, own_len, -1))
-            self._set_reused(seq, own_len)
-            return own
-        # Copy another slot's KV into the lowest free slot, then cut it to the prefix.
-        target = min(free, key=lambda s: s.id)
-        plan.kv_ops.append(KVOp("cp", target.id, -1, -1, src=src.id))
-        plan.kv_ops.append(KVOp("rm", target.id, src_len, -1))
-        self._set_reused(seq, src_len)
+        return own, own_len, src, src_len
+
+    def _restore(
+        self,
+        seq: Sequence,
+        tokens: list[int],
+        max_reuse: int,
+        slot_best: int,
+        free: list[Slot],
+        plan: StepPlan,
+    ) -> Slot | None:
+        """Restore the host cache's best entry into a free slot if it beats ``slot_best``
+        by MIN_RESTORE_GAIN tokens; None if not worth it or the restore failed."""
+        cache = self.host_cache
+        assert cache is not None
+        entry, n = cache.longest_prefix(tokens)
+        if entry is None:
+            return None
+        n = usable_prefix(entry.n_tokens, min(n, max_reuse), self.runner.n_swa)
+        if n < slot_best + MIN_RESTORE_GAIN:
+            return None
+        # The restore runs now, before this step's planned KV edits: never overwrite a
+        # slot that one of them still copies from.
+        sources = {op.src for op in plan.kv_ops if op.kind == "cp"}
+        candidates = [s for s in free if s.id not in sources]
+        if not candidates:
+            return None
+        target = min(candidates, key=lambda s: s.id)
+        self._save(target)
+        target.cached = []
+        if not self.runner.restore_state(target.id, entry.state):
+            # No room in the KV cache, or a state the context refuses: prefill instead.
+            log.warning("could not restore %d cached tokens into slot %d", n, target.id)
+            cache.stats.restore_failures += 1
+            cache.discard(entry)
+            return None
+        cache.touch(entry, n)
+        plan.kv_ops.append(KVOp("rm", target.id, n, -1))
+        self._set_reused(seq, n)
         return target
+
+    def _save(self, slot: Slot) -> None:
+        """Copy an idle slot's KV to the host cache before it is overwritten or dropped."""
+        cache = self.host_cache
+        tokens = slot.cached
+        if cache is None or len(tokens) < max(cache.min_tokens, MIN_RESTORE_GAIN):
+            return
+        if cache.covers(tokens):
+            return
+        state = self.runner.save_state(slot.id, cache.capacity_bytes)
+        if state is not None:
+            cache.put(tokens, state)
 
     @staticmethod
     def _set_reused(seq: Sequence, n: int) -> None:
@@ -353,6 +443,7 @@ class Scheduler:
         idle = [s for s in self.slots if s.seq is None and s.cached]
         if idle:
             for s in idle:
+                self._save(s)
                 self.runner.release_slot(s.id, 0)
                 s.cached = []
             return None
@@ -361,6 +452,8 @@ class Scheduler:
         victim = self.running[-1]  # most recently admitted: least work lost
         self.running.remove(victim)
         slot = self.slots[victim.slot]  # type: ignore[index]
+        slot.cached = victim.all_ids[: victim.n_computed]
+        self._save(slot)  # its work comes back from the host cache when it resumes
         self.runner.release_slot(slot.id, 0)
         slot.seq, slot.cached = None, []
         victim.slot = None

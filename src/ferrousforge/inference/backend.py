@@ -76,6 +76,9 @@ class BackendConfig:
     use_mlock: bool = False
     library_path: str | None = None  # dynamic mode: a libllama file or directory
     prefix_cache: bool = True
+    # Host-RAM prompt cache, MiB (0: off): the KV of prompts that left their slot, restored
+    # when a prompt sharing their prefix comes back (llama-server's --cache-ram).
+    cache_ram_mib: int = 8192
     kv_unified: bool = False
     # Per-token sampling budget: a request whose sampling (a huge grammar) takes longer
     # for one token is ended with SamplingBudgetError; 0 turns the check off.
@@ -104,6 +107,7 @@ class BackendConfig:
             (self.ubatch_size >= 1, "ubatch_size", ">= 1"),
             (1 <= self.max_parallel <= 256, "max_parallel", "between 1 and 256"),
             (self.max_waiting >= 0, "max_waiting", ">= 0"),
+            (self.cache_ram_mib >= 0, "cache_ram_mib", ">= 0 (0: off)"),
             (
                 math.isfinite(self.sample_budget_ms) and self.sample_budget_ms >= 0,
                 "sample_budget_ms",

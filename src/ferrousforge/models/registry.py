@@ -73,6 +73,7 @@ def backend_config(
         max_parallel=pick("parallel"),
         max_waiting=pick("max_waiting"),
         kv_unified=pick("kv_unified"),
+        cache_ram_mib=pick("cache_ram"),
         library_path=settings.llama_lib,
         sample_budget_ms=settings.sample_budget_ms,
         draft_max=settings.draft_max,

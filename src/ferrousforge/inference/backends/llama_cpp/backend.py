@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.engine.engine import Engine, RequestOutput, RequestStream
+from ferrousforge.engine.prompt_cache import MIB
 from ferrousforge.engine.runner import LogprobEntry
 from ferrousforge.engine.sequence import SamplingLimits
 from ferrousforge.engine.speculation import SpecConfig
@@ -125,6 +126,7 @@ class LlamaCppBackend:
             model.vocab.piece,
             max_waiting=config.max_waiting,
             prefix_cache=config.prefix_cache,
+            host_cache_bytes=config.cache_ram_mib * MIB,
             name=path.stem,
             sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
             spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),

@@ -104,6 +104,26 @@ class LlamaContext(NativeHandle):
     def seq_pos_max(self, seq: int) -> int:
         return self._lib.llama_memory_seq_pos_max(self._mem, seq)
 
+    def seq_state(self, seq: int, max_bytes: int) -> bytearray | None:
+        """Sequence ``seq``'s KV state in host memory (llama_state_seq_get_data), or None
+        when it is empty, larger than ``max_bytes`` or could not be read."""
+        lib = self._lib
+        n = lib.llama_state_seq_get_size(self.ptr, seq)
+        if n == 0 or n > max_bytes:
+            return None
+        buf = bytearray(n)
+        got = lib.llama_state_seq_get_data(self.ptr, (ctypes.c_uint8 * n).from_buffer(buf), n, seq)
+        if got == 0:
+            return None
+        return buf if got == n else buf[:got]
+
+    def set_seq_state(self, seq: int, state: bytes | bytearray) -> bool:
+        """Load a state from ``seq_state`` (of any sequence) into ``seq``, replacing its KV.
+        False when llama.cpp refused it (no room for its cells, a mismatched context)."""
+        buf = state if isinstance(state, bytearray) else bytearray(state)
+        src = (ctypes.c_uint8 * len(buf)).from_buffer(buf)
+        return self._lib.llama_state_seq_set_data(self.ptr, src, len(buf), seq) > 0
+
     def clear(self) -> None:
         self._lib.llama_memory_clear(self._mem, True)
 

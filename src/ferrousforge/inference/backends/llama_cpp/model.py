@@ -54,6 +54,7 @@ class LlamaModel(NativeHandle):
         self.vocab = Vocab(lib, lib.llama_model_get_vocab(ptr))
         self.n_ctx_train = lib.llama_model_n_ctx_train(ptr)
         self.n_embd = lib.llama_model_n_embd(ptr)
+        self.n_swa = lib.llama_model_n_swa(ptr)  # sliding-window attention size, 0: none
         self.description = self._desc()
         self.chat_template = self.meta("tokenizer.chat_template")
         self.is_recurrent = bool(lib.llama_model_is_recurrent(ptr)) or bool(

@@ -44,6 +44,7 @@ class LlamaRunner:
         self.supports_prefix_cache = not ctx.model.is_recurrent
         # One KV stream per sequence: a step is one ubatch only over consecutive ids.
         self.wants_contiguous_slots = not ctx.kv_unified and self.supports_prefix_cache
+        self.n_swa = ctx.model.n_swa
         self.batch = TokenBatch(ctx._lib, self.n_batch)
 
     def execute(self, plan: StepPlan) -> list[ChunkResult]:
@@ -137,6 +138,15 @@ class LlamaRunner:
 
     def release_slot(self, slot: int, keep: int) -> None:
         self.ctx.seq_rm(slot, keep, -1)
+
+    def save_state(self, slot: int, max_bytes: int) -> bytearray | None:
+        return self.ctx.seq_state(slot, max_bytes)
+
+    def restore_state(self, slot: int, state: bytes | bytearray) -> bool:
+        if self.ctx.set_seq_state(slot, state):
+            return True
+        self.ctx.seq_rm(slot, -1, -1)  # whatever part of it was loaded
+        return False
 
     def free_sampler(self, seq: Sequence) -> None:
         if seq.sampler is not None:
