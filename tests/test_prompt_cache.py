@@ -160,3 +160,16 @@ def test_short_prompts_are_not_saved():
     run(sched, runner, make_seq(prompt(1, 12), max_tokens=2))
     run(sched, runner, make_seq(prompt(2, 12), max_tokens=2))
     assert runner.saves == [] and len(cache) == 0
+
+
+def test_a_prompt_overwritten_by_a_slot_move_is_saved_first():
+    # d, e, f take slots 0, 1, 2; e ends at once, and the gap it leaves is closed by
+    # moving f into slot 1, over e's idle KV: e's prompt must come back from the host.
+    sched, runner, _ = cached_scheduler(n_slots=3)
+    d, e, f = make_seq(prompt(1), 40), make_seq(prompt(2), 1), make_seq(prompt(3), 40)
+    run(sched, runner, d, e, f)
+    assert sched.moves >= 1
+    again = make_seq(prompt(2))
+    run(sched, runner, again)
+    assert again.n_cached_prompt == len(prompt(2)) - 1
+    assert again.output_ids == expected_output(prompt(2), 4)

@@ -292,6 +292,7 @@ class Scheduler:
             free = [s for s in self.slots if s.seq is None]
             src, dst = busy[-1], free[0]
             seq = src.seq
+            self._save(dst)  # its idle KV is about to be overwritten by the move
             plan.kv_ops.append(KVOp("cp", dst.id, -1, -1, src=src.id))
             plan.kv_ops.append(KVOp("rm", src.id, 0, -1))
             dst.seq, dst.cached = seq, []
