@@ -93,6 +93,8 @@ def test_tiny_engine_bench_runs_each_side_in_its_own_process_beside_the_peers(mo
     text = format_report(report)
     assert "pp32" in text and "eng/bb" in text and "eng/lb" in text
     assert "threads, greedy, EOS ignored, no prefix cache, CPU" in text
+    # Like for like with raw and llama.cpp's tools: one token per sequence per step.
+    assert "engine speculation off" in text and report.config["draft_max"] == 0
     assert "note:" not in text
 
 

@@ -56,6 +56,13 @@ def _register_engine(bsub: argparse._SubParsersAction) -> None:
     e.add_argument("--n-gpu-layers", type=int, default=-1, help="with --gpu (-1: all layers)")
     e.add_argument("--main-gpu", type=int, default=0, help="with --gpu: device index")
     e.add_argument(
+        "--draft-max",
+        type=int,
+        default=0,
+        help="speculative decoding in the engine (as serve's --draft-max); default 0: off, "
+        "so that every side decodes one token per sequence per step",
+    )
+    e.add_argument(
         "--llama-tools",
         type=Path,
         default=None,
@@ -87,6 +94,7 @@ def _run_engine(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         n_gpu_layers=args.n_gpu_layers,
         main_gpu=args.main_gpu,
+        draft_max=args.draft_max,
         peers=not args.no_peers,
         llama_tools=args.llama_tools,
     )

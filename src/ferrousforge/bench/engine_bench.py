@@ -58,6 +58,9 @@ class EngineBenchConfig:
     gpu: bool = False  # offload to the library's GPU backend (CUDA, Metal, Vulkan...)
     n_gpu_layers: int = -1  # with gpu: layers to offload (-1: all)
     main_gpu: int = 0
+    # Speculative decoding in the engine (0: off). Off by default: raw, llama-bench and
+    # llama-batched-bench decode one token per sequence per step, and so does the engine.
+    draft_max: int = 0
     peers: bool = True  # also run llama-bench / llama-batched-bench when built
     llama_tools: Path | None = None  # where they are (None: bench/build_peers.sh's output)
 
@@ -79,6 +82,7 @@ class EngineBenchConfig:
             gpu=self.gpu,
             n_gpu_layers=self.n_gpu_layers,
             main_gpu=self.main_gpu,
+            draft_max=self.draft_max,
         )
 
 
@@ -351,6 +355,7 @@ def format_report(report: EngineBenchReport) -> str:
         f"batched decode: {c['prompt_tokens']} prompt + {c['gen_tokens']} generated tokens "
         f"per sequence, {c['threads']} threads, greedy, EOS ignored, no prefix cache, "
         f"{'GPU (' + str(c['n_gpu_layers']) + ' layers)' if c.get('gpu') else 'CPU'}; "
+        f"engine speculation {f'draft_max {d}' if (d := c.get('draft_max')) else 'off'}; "
         "engine and raw each in its own process; bb: llama-batched-bench S_TG",
         f"{'seqs':>4} {'engine t/s':>10} {'raw t/s':>9} {'ratio':>6} {'bb t/s':>8} {'eng/bb':>6} | "
         f"{'e2e eng':>8} {'e2e raw':>8} {'ratio':>6} | {'ttft eng':>9} {'ttft raw':>9} "

@@ -45,6 +45,7 @@ class Shape:
     gpu: bool = False
     n_gpu_layers: int = -1
     main_gpu: int = 0
+    draft_max: int = 0
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(
@@ -56,6 +57,7 @@ class Shape:
             prefix_cache=False,
             n_gpu_layers=self.n_gpu_layers,
             main_gpu=self.main_gpu,
+            draft_max=self.draft_max,
         )
 
     def accelerator(self):
