@@ -205,7 +205,8 @@ async def test_steps_after_a_finished_request_decode_as_one_reusable_graph(model
 async def test_a_sequence_moved_to_close_a_slot_gap_keeps_its_output(model):
     backend, lm = model
     h = lm.handle
-    forced = GREEDY.replace(ignore_eos=True, max_tokens=20, logprobs=TOP_N)
+    # One token per step (no drafts), so the gap lasts long enough to be closed by a move.
+    forced = GREEDY.replace(ignore_eos=True, max_tokens=20, logprobs=TOP_N, draft_max=0)
     alone = {p: await backend.infer(h, BackendInput.Text(p), forced) for p in PROMPTS[:4]}
     moves = lm.engine.scheduler.moves
     lengths = [2, 20, 3, 20]  # slots 0 and 2 free early: 3 moves down, 1 stays

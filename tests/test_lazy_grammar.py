@@ -74,9 +74,17 @@ async def test_grammar_applies_only_from_the_trigger(backend_and_handle):
     free = await backend.infer(handle, PROMPT, InferenceOptions(temperature=0, max_tokens=24))
     text = free.text
     assert len(text) > 8
-    cut = len(text) // 2
-    # a trigger starting one character into a word of the free answer
-    trigger_text = text[cut : cut + 3]
+    # A trigger of 3 characters that starts inside a token and ends where a token ends:
+    # the grammar continues from there, so a trigger ending inside a token (whose rest is
+    # not the grammar's) could never be completed by it.
+    piece = backend.loaded(handle).vocab.piece
+    ends, n = [], 0
+    for t in free.token_ids:
+        n += len(piece(t).decode("utf-8", "replace"))
+        ends.append(n)
+    cut = min((e for e in ends if e > len(text) // 2 and e - 3 not in ends), default=None)
+    assert cut is not None and cut <= len(text), (text, ends)
+    trigger_text = text[cut - 3 : cut]
     assert trigger_text.strip(), text
     forced = await backend.infer(
         handle,
@@ -91,6 +99,34 @@ async def test_grammar_applies_only_from_the_trigger(backend_and_handle):
     start = text.find(trigger_text)
     assert forced.text == text[:start] + trigger_text + " FORCED END."
     assert forced.finish_reason == "stop"
+
+
+@pytest.mark.integration
+async def test_a_trigger_whose_token_breaks_the_grammar_leaves_the_output_free(
+    backend_and_handle,
+):
+    """A trigger ending inside a token whose rest the grammar refuses: the grammar is
+    dropped and the answer goes on unconstrained, as free greedy text, without an error
+    (this once failed the whole engine step, every request in it)."""
+    backend, handle = backend_and_handle
+    opts = InferenceOptions(temperature=0, max_tokens=24)
+    free = await backend.infer(handle, PROMPT, opts)
+    piece = backend.loaded(handle).vocab.piece
+    texts = [piece(t).decode("utf-8", "replace") for t in free.token_ids]
+    ends = [sum(len(x) for x in texts[: i + 1]) for i in range(len(texts))]
+    # a boundary past the middle followed by a token of 3+ characters: the trigger takes
+    # the 2 characters before the boundary and the first one after it
+    i = next(i for i in range(len(texts) // 2, len(texts) - 1) if len(texts[i + 1]) >= 3)
+    trigger_text = free.text[ends[i] - 2 : ends[i] + 1]
+    lazy = await backend.infer(
+        handle,
+        PROMPT,
+        opts.replace(
+            grammar=f"root ::= {gbnf_literal(trigger_text + 'QQQ')}",
+            grammar_trigger=GrammarTrigger((re.escape(trigger_text),)),
+        ),
+    )
+    assert lazy.text == free.text and lazy.finish_reason == free.finish_reason
 
 
 @pytest.mark.integration

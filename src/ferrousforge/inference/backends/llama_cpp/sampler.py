@@ -242,7 +242,7 @@ class SamplerChain(NativeHandle):
             # followed by something else in one token): this output stays unconstrained,
             # and the parser returns whatever it is as text, never as a call.
             log.info("lazy grammar: the trigger's own text does not parse (%s)", e)
-            self._lib.llama_sampler_free(g)
+            self._lib.llama_sampler_free(ctypes.cast(g, type(self._ptr)))
             return
         self.grammar = ctypes.cast(g, type(self._ptr))
 
