@@ -75,10 +75,10 @@ class SamplerChain(NativeHandle):
         # A bare greedy pick keeps no state: the runner may take the argmax of the logits
         # itself (tens of microseconds) instead of llama_sampler_sample, which first copies
         # the whole vocabulary into a candidate array.
+        # (Bias, penalties and DRY are samplers in the chain; a grammar is self.grammar or
+        # pending in self._lazy, or in the chain without the guard.)
         self.plain_greedy = (
             opts.greedy
-            and not opts.grammar
-            and not opts.logit_bias
             and self.grammar is None
             and self._lazy is None
             and lib.llama_sampler_chain_n(chain) == 1
