@@ -146,3 +146,17 @@ async def test_random_arrivals_cancellations_and_long_prompts(engine_factory, se
     assert all(s.closed for s in samplers), "a sampler leaked"
     assert not engine.scheduler.waiting and not engine.scheduler.running
     assert engine.runner.kv_full_events > 0, "the stress test should exercise a full KV cache"
+
+
+async def test_an_idle_engine_saves_finished_prompts_to_the_host_cache(engine_factory):
+    # Saved while nothing else runs, so a returning prompt later pays only its restore.
+    engine = engine_factory(n_slots=2, host_cache_bytes=1 << 20)
+    prompt = [(7 * i) % 300 + 1 for i in range(48)]
+    await drain(engine.add_request(prompt, SamplingLimits(max_tokens=3), ScriptedSampler()))
+    cache = engine.scheduler.host_cache
+    for _ in range(200):
+        if len(cache):
+            break
+        await asyncio.sleep(0.01)
+    assert len(cache) == 1 and cache.stats.saves == 1
+    assert not engine.scheduler.has_unsaved_idle()

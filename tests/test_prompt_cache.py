@@ -173,3 +173,27 @@ def test_a_prompt_overwritten_by_a_slot_move_is_saved_first():
     run(sched, runner, again)
     assert again.n_cached_prompt == len(prompt(2)) - 1
     assert again.output_ids == expected_output(prompt(2), 4)
+
+
+def test_idle_slots_are_saved_once_and_not_again_when_a_new_request_takes_them():
+    sched, runner, cache = cached_scheduler(n_slots=2)
+    run(sched, runner, make_seq(prompt(1)), make_seq(prompt(2)))
+    assert sched.has_unsaved_idle() and runner.saves == []
+    assert sched.save_idle() and sched.save_idle()
+    assert not sched.save_idle() and not sched.has_unsaved_idle()
+    assert len(cache) == 2 and len(runner.saves) == 2
+    run(sched, runner, *(make_seq(prompt(k)) for k in (3, 4)))  # both slots taken over
+    assert len(runner.saves) == 2  # nothing left to save before the new requests' prefill
+    again = make_seq(prompt(1))
+    run(sched, runner, again)
+    assert runner.restores and again.n_cached_prompt == 47
+
+
+def test_a_short_idle_slot_does_not_stay_unsaved():
+    # The engine saves while has_unsaved_idle(): a slot too short to keep must not keep
+    # that true, or the idle engine would spin.
+    sched, runner, cache = cached_scheduler(n_slots=1)
+    run(sched, runner, make_seq(prompt(1, 12), max_tokens=2))
+    assert sched.has_unsaved_idle()
+    sched.save_idle()
+    assert not sched.has_unsaved_idle() and runner.saves == [] and len(cache) == 0

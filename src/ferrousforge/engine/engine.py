@@ -226,10 +226,15 @@ class Engine:
         while True:
             with self._cond:
                 while not self._inbox and not self._stopping and not self.scheduler.has_work():
+                    if self.scheduler.has_unsaved_idle():
+                        break  # idle time: save a finished prompt's KV to the host cache
                     self._cond.wait()
                 inbox = list(self._inbox)
                 self._inbox.clear()
                 stopping = self._stopping
+            if not inbox and not stopping and not self.scheduler.has_work():
+                self.scheduler.save_idle()  # one slot, then look at the inbox again
+                continue
             for kind, seq in inbox:
                 if kind == "add":
                     try:

@@ -9,8 +9,8 @@ moving a sequence), because llama.cpp decodes separate KV streams in one ubatch
 only over consecutive sequence ids. With speculation on, a generating sequence's token
 may bring drafted tokens along (engine/speculation.py); the KV of drafts that were not
 accepted is dropped as soon as the step is done. With a host cache (PromptCache), a
-slot's KV is saved there before it is lost, and restored when a later prompt shares more
-of it than any slot does.
+slot's KV is saved there while the engine is idle or, at the latest, before it is lost,
+and restored when a later prompt shares more of it than any slot does.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Slot:
     id: int
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # KV contents while free
+    saved: bool = False  # ``cached`` was offered to the host cache already
 
     def kv_tokens(self) -> list[int]:
         if self.seq is not None:
@@ -220,13 +221,33 @@ class Scheduler:
         self._set_reused(seq, n)
         return target
 
+    def has_unsaved_idle(self) -> bool:
+        """Whether a free slot holds KV that the host cache has not been offered yet."""
+        return self.host_cache is not None and any(
+            s.seq is None and s.cached and not s.saved for s in self.slots
+        )
+
+    def save_idle(self) -> bool:
+        """Save one free slot's KV to the host cache; False when there was none to save.
+
+        The engine calls this while it has nothing else to do. A save costs a few ms per
+        slot; done here, a returning prompt later pays only its restore, instead of a wave
+        of new requests each paying the save of the slot it takes before its first token.
+        """
+        for s in self.slots:
+            if s.seq is None and s.cached and not s.saved:
+                self._save(s)
+                return True
+        return False
+
     def _save(self, slot: Slot) -> None:
         """Copy an idle slot's KV to the host cache before it is overwritten or dropped."""
         cache = self.host_cache
         tokens = slot.cached
-        if cache is None or len(tokens) < max(cache.min_tokens, MIN_RESTORE_GAIN):
+        if cache is None or slot.saved:
             return
-        if cache.covers(tokens):
+        slot.saved = True
+        if len(tokens) < max(cache.min_tokens, MIN_RESTORE_GAIN) or cache.covers(tokens):
             return
         state = self.runner.save_state(slot.id, cache.capacity_bytes)
         if state is not None:
@@ -429,7 +450,7 @@ class Scheduler:
             slot = self.slots[seq.slot]
             slot.seq = None
             if self.prefix_cache:
-                slot.cached = seq.all_ids[: seq.n_computed]
+                slot.cached, slot.saved = seq.all_ids[: seq.n_computed], False
             else:
                 slot.cached = []
                 self.runner.release_slot(slot.id, 0)
@@ -453,7 +474,7 @@ class Scheduler:
         victim = self.running[-1]  # most recently admitted: least work lost
         self.running.remove(victim)
         slot = self.slots[victim.slot]  # type: ignore[index]
-        slot.cached = victim.all_ids[: victim.n_computed]
+        slot.cached, slot.saved = victim.all_ids[: victim.n_computed], False
         self._save(slot)  # its work comes back from the host cache when it resumes
         self.runner.release_slot(slot.id, 0)
         slot.seq, slot.cached = None, []
