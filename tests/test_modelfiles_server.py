@@ -1,4 +1,5 @@
-"""A model llama.cpp refuses after our header checks pass: `serve` exits, /health keeps quiet."""
+"""A model llama.cpp refuses after our header checks pass: `serve` exits when it is the only
+one, fails alone among good ones; /health keeps quiet."""
 
 from __future__ import annotations
 
@@ -46,15 +47,28 @@ def test_serve_exits_when_llama_cpp_refuses_the_model(refused: Path) -> None:
     assert "key not found in model: llama.context_length" in r.stderr  # the log has why
 
 
-def test_serve_exits_when_a_configured_model_is_refused(refused: Path, model_path: Path) -> None:
-    """With several models from a config, one missing model still stops the server."""
-    config = refused.parent / "models.toml"
-    config.write_text(
-        f'[[models]]\nalias = "good"\npath = "{model_path}"\n\n'
-        f'[[models]]\nalias = "bad"\npath = "{refused}"\n'
-    )
-    r = _serve("--config", str(config), "--ctx-size", "512", "--parallel", "1")
-    assert r.returncode == 1 and "error: model failed to load:" in r.stderr
+def test_a_refused_model_among_good_ones_fails_alone(refused: Path, model_path: Path) -> None:
+    """With several models, one that llama.cpp refuses answers its own requests with the
+    reason; the others keep serving and /health is ok, listing it as failed."""
+    settings = ServerSettings(ctx_size=512, parallel=1, threads=2)
+    specs = [
+        ModelSpec("good", model_path, BackendConfig(num_threads=2, context_size=512)),
+        ModelSpec("bad", refused, BackendConfig(num_threads=1, context_size=256)),
+    ]
+    with TestClient(create_app(settings, specs)) as c:
+        for _ in range(600):
+            health = c.get("/health")
+            if health.json()["status"] != "loading":
+                break
+            time.sleep(0.05)
+        assert health.status_code == 200
+        status = {m["id"]: m["status"] for m in health.json()["models"]}
+        assert status == {"good": "loaded", "bad": "failed"}
+        bad = c.post("/v1/completions", json={"model": "bad", "prompt": "x", "max_tokens": 2})
+        assert bad.status_code == 503 and bad.json()["error"]["code"] == "model_load_failed"
+        assert "refused.gguf" in bad.json()["error"]["message"]
+        good = c.post("/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 2})
+        assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 2
 
 
 def _failed_client(refused: Path, **settings) -> TestClient:

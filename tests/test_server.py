@@ -525,7 +525,7 @@ def test_health_is_503_until_the_model_loads(tmp_path) -> None:
             time.sleep(0.05)
         assert r.status_code == 503 and r.json()["status"] == "error"
         err = _error(c.post("/v1/completions", json={"prompt": "x"}), 503)
-        assert err["code"] == "model_loading"
+        assert err["code"] == "model_loading" and "broken" in err["message"]
         assert "Retry-After" in c.post("/v1/completions", json={"prompt": "x"}).headers
 
 

@@ -29,12 +29,12 @@ class Served:
     app: object
 
     @property
-    def registry(self):
-        return self.app.state.ff.registry
+    def pool(self):
+        return self.app.state.ff.pool
 
     @property
     def lm(self):
-        return next(iter(self.registry.loaded.values()))
+        return next(iter(self.pool.loaded.values()))
 
 
 @contextlib.asynccontextmanager
@@ -46,10 +46,10 @@ async def _serve(model_path: Path, chat_template: str | None = None) -> AsyncIte
     app = create_app(settings, [spec])
     async with app.router.lifespan_context(app):
         for _ in range(600):
-            if app.state.ff.registry.ready or app.state.ff.load_error:
+            if app.state.ff.ready or app.state.ff.load_error:
                 break
             await asyncio.sleep(0.05)
-        assert app.state.ff.registry.ready, app.state.ff.load_error
+        assert app.state.ff.ready, app.state.ff.load_error
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
             yield Served(c, app)
@@ -100,8 +100,8 @@ def _chat(content: str, **extra) -> dict:
 
 
 async def test_an_expensive_setup_delays_only_its_own_request(served: Served) -> None:
-    slow = SlowRender(served.registry.backend)
-    served.registry.backend.plan_chat = slow
+    slow = SlowRender(served.pool.backend)
+    served.pool.backend.plan_chat = slow
     big = asyncio.create_task(served.client.post("/v1/chat/completions", json=_chat("slow")))
     await _until(slow.started)
     health = await served.client.get("/health")
@@ -116,8 +116,8 @@ async def test_an_expensive_setup_delays_only_its_own_request(served: Served) ->
 
 
 async def test_a_client_gone_during_preparation_leaves_no_slot_behind(served: Served) -> None:
-    slow = SlowRender(served.registry.backend)
-    served.registry.backend.plan_chat = slow
+    slow = SlowRender(served.pool.backend)
+    served.pool.backend.plan_chat = slow
     long = _chat("slow", max_tokens=200, ignore_eos=True)
     big = asyncio.create_task(served.client.post("/v1/chat/completions", json=long))
     await _until(slow.started)

@@ -67,6 +67,14 @@ class ModelNotReadyError(FerrousForgeError):
     """The server is still loading its models (or failed to)."""
 
 
+class ModelLoadFailedError(ModelNotReadyError):
+    """A request named a model whose last load failed; it is tried again after a while."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NativeCallError(FerrousForgeError):
     """llama.cpp threw a C++ exception inside a guarded call (the guard caught it)."""
 

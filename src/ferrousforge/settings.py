@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ferrousforge.models.units import parse_size
+
 ENV_PREFIX = "FERROUSFORGE_"
 
 
@@ -118,6 +120,29 @@ class ServerSettings(BaseSettings):
         description="speculative decoding: draft only while at most this many sequences are "
         "generating (a fuller batch already keeps the cores busy)",
     )
+    models_dir: str | None = Field(
+        None,
+        description="serve every .gguf under this folder too (named by file stem; split "
+        "models by their first part), each loaded on its first request",
+    )
+    max_loaded_models: int = Field(
+        0,
+        ge=0,
+        description="most models loaded at once: loading another unloads the least recently "
+        "used, an idle one first (0: no limit)",
+    )
+    memory_budget: str | None = Field(
+        None,
+        description="memory all loaded models may take, e.g. 8GiB or 6000MB: weights from the "
+        "GGUF's tensor sizes plus KV cache and compute buffers, estimated before loading; the "
+        "least recently used models are unloaded to stay under it (default: no budget)",
+    )
+    idle_unload: float | None = Field(
+        None,
+        ge=0,
+        description="unload a model after this many seconds without requests (a request's "
+        "keep_alive overrides it for its model; default: never)",
+    )
     max_tokens_limit: int = Field(
         4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"
     )
@@ -146,6 +171,17 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)  # a typo fails at startup, not at the first eviction
+        return value
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
 
     @field_validator("log_level")
     @classmethod

@@ -17,26 +17,40 @@ from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.openapi import install_openapi
 from ferrousforge.api.routes import ServerState, router
-from ferrousforge.models.registry import ModelRegistry, ModelSpec
+from ferrousforge.models.pool import ModelPool
+from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 
 async def _load(st: ServerState, on_error: Callable[[str], None] | None = None) -> None:
-    """Load every model; on failure log the reason and call ``on_error`` with it.
+    """Load the models served from the start; if every one of them fails, log the reasons
+    and call ``on_error`` with them.
 
+    A model that fails among others that load answers its own requests with its error.
     Without ``on_error`` the app stays up: /health says "error" and requests get 503.
     ``ferrousforge serve`` passes one that stops the server, since it can never get ready.
     """
+    pool = st.pool
+    preload = [e.id for e in pool.entries.values() if e.spec.preload]
     try:
-        await st.registry.load_all()
-        log.info("ready: serving %s", ", ".join(st.registry.loaded))
-    except Exception as e:
-        st.load_error = f"model failed to load: {e}"
+        errors = await pool.preload(preload)
+    except Exception as e:  # never leave /health at "loading" forever
+        errors = [f"model failed to load: {e}"]
+    if errors and not pool.loaded:
+        st.load_error = "\n".join(errors)
         log.error("%s", st.load_error)
         if on_error is not None:
             on_error(st.load_error)
+        return
+    st.ready = True
+    on_demand = len(pool.entries) - len(pool.loaded)
+    log.info(
+        "ready: serving %s%s",
+        ", ".join(pool.loaded) or "no model loaded yet",
+        f" ({on_demand} more on demand)" if on_demand else "",
+    )
 
 
 def create_app(
@@ -46,20 +60,29 @@ def create_app(
 ) -> FastAPI:
     """An app that loads ``specs`` in the background (/health is 503 until they are ready).
 
-    ``on_load_error(reason)`` is called if a model fails to load.
+    ``on_load_error(reason)`` is called if every model loaded at startup fails. Models
+    with ``preload=False`` load on their first request.
     """
-    st = ServerState(settings, ModelRegistry(specs), int(time.time()))
+    pool = ModelPool(
+        specs,
+        max_loaded=settings.max_loaded_models,
+        memory_budget=settings.memory_budget_bytes,
+        idle_unload=settings.idle_unload,
+    )
+    st = ServerState(settings, pool, int(time.time()))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(st, on_load_error))
+        reaper = asyncio.create_task(pool.run_reaper())
         try:
             yield
         finally:
-            if not loading.done():
-                loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            await st.registry.close()
+            for task in (loading, reaper):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(loading, reaper, return_exceptions=True)
+            await pool.close()
 
     app = FastAPI(
         title="FerrousForge",

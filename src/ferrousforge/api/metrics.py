@@ -1,9 +1,10 @@
-"""GET /metrics: each loaded engine's statistics in Prometheus' text format."""
+"""GET /metrics: the model pool's and each loaded engine's statistics (Prometheus text)."""
 
 from __future__ import annotations
 
 from ferrousforge.engine.stats import EngineStats, Histogram
 from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
+from ferrousforge.models.pool import ModelPool
 
 PREFIX = "ferrousforge_"
 
@@ -84,8 +85,37 @@ def _host_cache(lm: LoadedModel) -> list[tuple[str, str, str, float]]:
     ]  # fmt: skip
 
 
-def render_metrics(models: dict[str, LoadedModel]) -> str:
-    """Prometheus exposition text for every loaded model (label model="id")."""
+def _pool_series(pool: ModelPool) -> list[tuple[str, str, str, str, float]]:
+    """The model pool's series: (name, help, kind, labels, value)."""
+    st = pool.stats
+    rows = [
+        ("model_loads_total", "Models loaded", "counter", "", st.loads),
+        ("model_load_failures_total", "Model loads that failed", "counter", "",
+         st.load_failures),
+        ("model_load_seconds_total", "Seconds spent loading models", "counter", "",
+         round(st.load_seconds, 6)),
+        ("models_loaded", "Models loaded now", "gauge", "", len(pool.loaded)),
+        ("models_loaded_bytes", "Estimated memory of the loaded models (weights, KV, compute)",
+         "gauge", "", pool.loaded_bytes),
+    ]  # fmt: skip
+    for reason in ("idle", "evicted", "request"):
+        rows.append(
+            ("model_unloads_total", "Models unloaded, by reason", "counter",
+             f'reason="{reason}"', st.unloads[reason])
+        )  # fmt: skip
+    if pool.memory_budget is not None:
+        rows.append(("memory_budget_bytes", "The --memory-budget", "gauge", "", pool.memory_budget))
+    for mid, entry in pool.entries.items():
+        rows.append(
+            ("model_loaded", "1 if the model is loaded, else 0", "gauge", f'model="{mid}"',
+             int(entry.lm is not None))
+        )  # fmt: skip
+    return rows
+
+
+def render_metrics(pool: ModelPool) -> str:
+    """Prometheus exposition text: the pool's series, then every loaded model's (label
+    model="id"; a model's counters start again from 0 when it is loaded again)."""
     sections: dict[str, list[str]] = {}
 
     def section(name: str, help_: str, kind: str) -> list[str]:
@@ -94,7 +124,11 @@ def render_metrics(models: dict[str, LoadedModel]) -> str:
             sections[full] = [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"]
         return sections[full]
 
-    for mid, lm in models.items():
+    for name, help_, kind, labels, value in _pool_series(pool):
+        section(name, help_, kind).append(
+            f"{PREFIX}{name}{{{labels}}} {value}" if labels else f"{PREFIX}{name} {value}"
+        )
+    for mid, lm in pool.loaded.items():
         label = f'model="{mid}"'
         st = lm.engine.stats
         with st.lock:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -24,11 +25,12 @@ from ferrousforge.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    ModelActionRequest,
     TokenizeRequest,
 )
 from ferrousforge.errors import ModelNotReadyError
 from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
-from ferrousforge.models.registry import ModelRegistry
+from ferrousforge.models.pool import ModelPool, ModelStatus
 from ferrousforge.settings import ServerSettings
 
 router = APIRouter()
@@ -37,42 +39,48 @@ router = APIRouter()
 @dataclass(slots=True)
 class ServerState:
     settings: ServerSettings
-    registry: ModelRegistry
+    pool: ModelPool
     started: int
     load_error: str | None = None
+    ready: bool = False  # the models loaded at startup are loaded (or failed)
 
 
 def state(request: Request) -> ServerState:
     return request.app.state.ff
 
 
-def model_for(request: Request, name: str | None) -> tuple[str, LoadedModel]:
-    """(id, loaded model) for a request's 'model' field; 404 for an unknown name."""
+@contextlib.asynccontextmanager
+async def model_for(
+    request: Request, name: str | None, keep_alive: float | None = None
+) -> AsyncIterator[tuple[str, LoadedModel]]:
+    """``async with model_for(request, body.model) as (id, lm)``: the model a request names,
+    loaded if it was not (404 for an unknown name), kept loaded until the block is left; a
+    request handed to the engine inside the block keeps it loaded until it ends."""
     st = state(request)
-    spec = st.registry.spec(name if name is not None else st.registry.default_id)
-    if spec.id not in st.registry.loaded:
-        raise ModelNotReadyError(st.load_error or f"model '{spec.id}' is still loading")
-    return spec.id, st.registry.get(spec.id)
+    if st.load_error:
+        raise ModelNotReadyError(st.load_error)
+    async with st.pool.use(name, keep_alive) as (mid, lm):
+        yield mid, lm
 
 
 @router.post("/v1/completions", responses=streaming("A completion, or its SSE chunks"))
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     st = state(request)
-    mid, lm = model_for(request, body.model)
-    job = await completions.prepare(
-        lambda loop: completions.start(body, st.registry.backend, lm, mid, st.settings, loop)
-    )
+    async with model_for(request, body.model, body.keep_alive_s) as (mid, lm):
+        job = await completions.prepare(
+            lambda loop: completions.start(body, st.pool.backend, lm, mid, st.settings, loop)
+        )
     return await _respond(job, completions.respond(body, job, request), body.stream)
 
 
 @router.post("/v1/chat/completions", responses=streaming("A chat completion, or its SSE chunks"))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     st = state(request)
-    mid, lm = model_for(request, body.model)
-    spec = st.registry.spec(mid)
-    job = await completions.prepare(
-        lambda loop: chat.start(body, st.registry.backend, lm, mid, st.settings, spec, loop)
-    )
+    async with model_for(request, body.model, body.keep_alive_s) as (mid, lm):
+        spec = st.pool.spec(mid)
+        job = await completions.prepare(
+            lambda loop: chat.start(body, st.pool.backend, lm, mid, st.settings, spec, loop)
+        )
     return await _respond(job, chat.respond(body, job, request), body.stream)
 
 
@@ -89,8 +97,15 @@ async def _respond(job: completions.Job, response: Awaitable[Response], stream: 
 
 
 def _model_card(st: ServerState, mid: str) -> dict:
-    card = {"id": mid, "object": "model", "created": st.started, "owned_by": "ferrousforge"}
-    lm = st.registry.loaded.get(mid)
+    entry = st.pool.entry(mid)
+    card = {
+        "id": mid,
+        "object": "model",
+        "created": st.started,
+        "owned_by": "ferrousforge",
+        "status": entry.status.value,
+    }
+    lm = entry.lm
     if lm is not None:
         card["meta"] = {
             "path": str(lm.handle.path),
@@ -106,40 +121,66 @@ def _model_card(st: ServerState, mid: str) -> dict:
 
 @router.get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> dict:
+    """Every model the server can serve, loaded or not, with its status."""
     st = state(request)
-    return {"object": "list", "data": [_model_card(st, s.id) for s in st.registry.specs]}
+    return {"object": "list", "data": [_model_card(st, mid) for mid in st.pool.entries]}
 
 
 @router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
 async def get_model(model_id: str, request: Request) -> dict:
     st = state(request)
-    return _model_card(st, st.registry.spec(model_id).id)
+    return _model_card(st, st.pool.entry(model_id).id)
+
+
+@router.post("/models/load", responses=ERROR_RESPONSES)
+async def load_model(body: ModelActionRequest, request: Request) -> dict:
+    """Load a model now (llama-server's router route); answers once it is loaded."""
+    mid = await state(request).pool.load(body.model)
+    return {"success": True, "model": mid, "status": ModelStatus.LOADED.value}
+
+
+@router.post("/models/unload", responses=ERROR_RESPONSES)
+async def unload_model(body: ModelActionRequest, request: Request) -> dict:
+    """Unload a model once its running requests end (new ones wait, then load it again)."""
+    pool = state(request).pool
+    await pool.unload(body.model)
+    return {"success": True, "model": pool.entry(body.model).id, "status": "unloaded"}
+
+
+def _authorized(st: ServerState, request: Request) -> bool:
+    keys = st.settings.api_key
+    key = presented_key(request.scope)
+    return not keys or (
+        key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+    )
 
 
 @router.get("/health", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> Response:
-    """Readiness, open to all. The reason for an "error" (file path, llama.cpp's log) is
-    shown only to a client with a valid API key when keys are set; the log always has it."""
+    """Readiness, open to all. The details (each model's status, the reason for an "error":
+    file path, llama.cpp's log) are shown only to a client with a valid API key when keys
+    are set; the log always has them."""
     st = state(request)
+    shown = _authorized(st, request)
     if st.load_error:
         body = {"status": "error"}
-        keys = st.settings.api_key
-        key = presented_key(request.scope)
-        if not keys or (
-            key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
-        ):
+        if shown:
             body["message"] = st.load_error
         return JSONResponse(body, status_code=503)
-    if not st.registry.ready:
-        return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    body = {"status": "ok" if st.ready else "loading"}
+    if shown:
+        body["models"] = [
+            {"id": e.id, "status": e.status.value, **({"error": e.error} if e.error else {})}
+            for e in st.pool.entries.values()
+        ]
+    return JSONResponse(body, status_code=200 if st.ready else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERROR_RESPONSES)
 async def metrics(request: Request) -> Response:
     """Prometheus text format (not JSON)."""
     return PlainTextResponse(
-        render_metrics(dict(state(request).registry.loaded)), media_type="text/plain; version=0.0.4"
+        render_metrics(state(request).pool), media_type="text/plain; version=0.0.4"
     )
 
 
@@ -147,51 +188,52 @@ async def metrics(request: Request) -> Response:
 async def tokenize(body: TokenizeRequest, request: Request) -> dict:
     """Token ids of a text or of a chat, exactly as generation counts them."""
     st = state(request)
-    mid, lm = model_for(request, body.model)
-    backend = st.registry.backend
+    backend = st.pool.backend
+    async with model_for(request, body.model) as (mid, lm):
 
-    def ids_of() -> list[int]:
-        if body.messages is not None:
-            template = st.registry.spec(mid).chat_template
-            return chat.prompt_of(body.messages, backend, lm, template).ids
-        text = body.content if body.content is not None else body.prompt
-        if text is None:
-            return []  # nothing to tokenize, as llama-server answers
-        return backend.tokenize(lm.handle, text, add_special=body.adds_special)
+        def ids_of() -> list[int]:
+            if body.messages is not None:
+                template = st.pool.spec(mid).chat_template
+                return chat.prompt_of(body.messages, backend, lm, template).ids
+            text = body.content if body.content is not None else body.prompt
+            if text is None:
+                return []  # nothing to tokenize, as llama-server answers
+            return backend.tokenize(lm.handle, text, add_special=body.adds_special)
 
-    ids = await asyncio.to_thread(ids_of)
-    tokens: list = ids
-    if body.with_pieces:
-        tokens = [{"id": t, "piece": lm.vocab.token_text(t)} for t in ids]
-    return {"tokens": tokens, "count": len(ids), "max_model_len": seq_context(lm)}
+        ids = await asyncio.to_thread(ids_of)
+        tokens: list = ids
+        if body.with_pieces:
+            tokens = [{"id": t, "piece": lm.vocab.token_text(t)} for t in ids]
+        return {"tokens": tokens, "count": len(ids), "max_model_len": seq_context(lm)}
 
 
 @router.post("/detokenize", responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
-    _, lm = model_for(request, body.model)
-    lm.vocab.check_ids(body.tokens, "tokens")
-    text = await asyncio.to_thread(lm.vocab.detokenize, body.tokens)
+    async with model_for(request, body.model) as (_, lm):
+        lm.vocab.check_ids(body.tokens, "tokens")
+        text = await asyncio.to_thread(lm.vocab.detokenize, body.tokens)
     return {"content": text, "prompt": text}
 
 
 @router.get("/tokenizer_info", responses=ERROR_RESPONSES)
 async def tokenizer_info(request: Request, model: str | None = None) -> dict:
-    mid, lm = model_for(request, model)
-    v = lm.vocab
+    st = state(request)
+    async with model_for(request, model) as (mid, lm):
+        v = lm.vocab
 
-    def text(t: int) -> str | None:
-        return v.token_text(t) if t >= 0 else None
+        def text(t: int) -> str | None:
+            return v.token_text(t) if t >= 0 else None
 
-    return {
-        "model": mid,
-        "vocab_size": v.n_tokens,
-        "bos_token": text(v.bos),
-        "bos_token_id": v.bos if v.bos >= 0 else None,
-        "eos_token": text(v.eos),
-        "eos_token_id": v.eos if v.eos >= 0 else None,
-        "eog_token_ids": sorted(v.eog_ids),
-        "add_bos_token": v.add_bos,
-        "model_max_length": seq_context(lm),
-        "chat_template": state(request).registry.spec(mid).chat_template or lm.model.chat_template,
-        "tokenizer_model": lm.info.metadata.get("tokenizer.ggml.model"),
-    }
+        return {
+            "model": mid,
+            "vocab_size": v.n_tokens,
+            "bos_token": text(v.bos),
+            "bos_token_id": v.bos if v.bos >= 0 else None,
+            "eos_token": text(v.eos),
+            "eos_token_id": v.eos if v.eos >= 0 else None,
+            "eog_token_ids": sorted(v.eog_ids),
+            "add_bos_token": v.add_bos,
+            "model_max_length": seq_context(lm),
+            "chat_template": st.pool.spec(mid).chat_template or lm.model.chat_template,
+            "tokenizer_model": lm.info.metadata.get("tokenizer.ggml.model"),
+        }

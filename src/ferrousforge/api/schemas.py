@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    field_validator,
     model_validator,
 )
 
@@ -36,6 +37,7 @@ from ferrousforge.api.request import (
     MAX_STOP_CHARS,
 )
 from ferrousforge.inference.backends.llama_cpp.gbnf import MAX_GRAMMAR_CHARS
+from ferrousforge.models.units import parse_duration
 
 MAX_N = 16  # choices per prompt
 MAX_TEXT_CHARS = 1 << 24  # any one text; --max-body-bytes usually binds first
@@ -110,6 +112,15 @@ class SamplingFields(_Body):
     min_p: StrictFloat | None = _bounded("min_p")
     typical_p: StrictFloat | None = _bounded("typical_p")
     repeat_penalty: StrictFloat | None = _bounded("repeat_penalty")
+    # Ollama's: how long the model stays loaded once idle ("5m", seconds; 0: unload after
+    # this request; negative: keep it loaded)
+    keep_alive: (
+        Annotated[StrictInt, Field(ge=-INT32_MAX, le=INT32_MAX)]
+        | Annotated[StrictFloat, Field(ge=-INT32_MAX, le=INT32_MAX)]
+        | Annotated[str, Field(max_length=32)]
+        | None
+    ) = None
+
     repeat_last_n: StrictInt | None = _bounded("repeat_last_n")
     min_tokens: StrictInt | None = _bounded("min_tokens")
     ignore_eos: StrictBool | None = None
@@ -126,6 +137,16 @@ class SamplingFields(_Body):
     xtc_threshold: StrictFloat | None = _bounded("xtc_threshold")
     # llama-server's name: speculative decoding's draft length for this request (0: off)
     draft_max: StrictInt | None = Field(None, ge=0, le=MAX_DRAFT, alias="speculative.n_max")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value):
+        parse_duration(value)  # a bad duration is a 400 before anything runs
+        return value
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        return parse_duration(self.keep_alive)
 
 
 class CompletionRequest(SamplingFields):
@@ -271,3 +292,9 @@ class DetokenizeRequest(_Body):
 
     model: str | None = Field(None, max_length=MAX_NAME_CHARS)
     tokens: Annotated[list[TokenId], Field(max_length=MAX_PROMPT_TOKENS)]
+
+
+class ModelActionRequest(_Body):
+    """POST /models/load and /models/unload: which model."""
+
+    model: str = Field(max_length=MAX_NAME_CHARS)

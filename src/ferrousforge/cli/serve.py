@@ -23,6 +23,7 @@ EPILOG = """examples:
   ferrousforge serve                                   # the bundled SmolLM2-135M on :8080
   ferrousforge serve --model ./qwen2.5-0.5b-q4_k_m.gguf --parallel 8 --ctx-size 8192
   ferrousforge serve --config models.toml --api-key sk-local
+  ferrousforge serve --models-dir ~/models --max-loaded-models 2 --idle-unload 300
   FERROUSFORGE_API_KEY=k1,k2 FERROUSFORGE_PORT=9000 ferrousforge serve
 
 then:
@@ -59,8 +60,9 @@ def run_serve(args: argparse.Namespace) -> int:
         config = read_config(args.config) if args.config else None
         settings = load_settings(settings_from_args(args), config)
         specs = model_specs(settings, config.models if config else None)
-        for spec in specs:  # a bad file should stop us here, not after the server is up
-            validate_gguf(spec.path, check_architecture=False)
+        for spec in specs:
+            if spec.preload:  # a bad file should stop us here, not after the server is up
+                validate_gguf(spec.path, check_architecture=False)
             spec.config.progress_callback = LoadProgress(spec.id)
     except ValidationError as e:
         for err in e.errors():

@@ -1,16 +1,18 @@
-"""Which models a server or command serves: aliases, paths, per-model settings, loaded state."""
+"""Which models a server or command serves: aliases, paths, per-model settings.
+
+The loaded state lives in ModelPool (models/pool.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ferrousforge.errors import ModelNotFoundError
-from ferrousforge.inference.backend import AcceleratorType, BackendConfig
-from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.inference.backend import BackendConfig
 from ferrousforge.models.default_model import (
     DEFAULT_MODEL_ALIAS,
     bundled_model_path,
@@ -30,6 +32,7 @@ class ModelSpec:
     config: BackendConfig
     chat_template: str | None = None
     tool_format: str | None = None  # None: the server's setting
+    preload: bool = True  # loaded at startup; False: on its first request (--models-dir)
 
 
 def resolve_model_path(
@@ -87,13 +90,65 @@ def backend_config(
     return BackendConfig(**kwargs)
 
 
+_SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})$")
+
+
+def dir_specs(
+    settings: ServerSettings, folder: Path, progress: Callable[[float], None] | None = None
+) -> list[ModelSpec]:
+    """A spec for every model file under ``folder``, loaded on demand.
+
+    Named by file stem (a split model by its first part's, without ``-00001-of-0000N``),
+    or by its path under ``folder`` where two stems collide. Projector files (``mmproj``)
+    are not language models and are left out.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"models_dir: '{folder}' is not a folder")
+    found: list[tuple[str, Path]] = []
+    for path in sorted(folder.rglob("*.gguf")):
+        stem = path.stem
+        split = _SPLIT_PART.search(stem)
+        if split:
+            if int(split.group(1)) != 1:
+                continue  # llama.cpp loads the other parts from the first
+            stem = stem[: split.start()]
+        if stem.lower().startswith("mmproj"):
+            continue
+        found.append((stem, path))
+    stems = Counter(stem for stem, _ in found)
+    specs = []
+    for stem, path in found:
+        name = stem if stems[stem] == 1 else str(path.parent.relative_to(folder) / stem)
+        config = backend_config(settings, None, progress)
+        specs.append(ModelSpec(name, path, config, preload=False))
+    return specs
+
+
 def model_specs(
     settings: ServerSettings,
     models: list[ModelSettings] | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> list[ModelSpec]:
-    """--model alone if given, else every configured model, else the bundled default."""
-    models = models or []
+    """--model if given, else every configured model, else the bundled default (unless
+    --models-dir alone is given); then every model under --models-dir."""
+    specs = _named_specs(settings, models or [], progress)
+    if settings.models_dir is not None:
+        taken = {s.id for s in specs}
+        folder = Path(settings.models_dir).expanduser()
+        found = [s for s in dir_specs(settings, folder, progress) if s.id not in taken]
+        if not specs and not found:
+            raise ValueError(f"models_dir: no .gguf model files under '{folder}'")
+        specs += found
+    return specs
+
+
+def _named_specs(
+    settings: ServerSettings,
+    models: list[ModelSettings],
+    progress: Callable[[float], None] | None,
+) -> list[ModelSpec]:
+    if settings.model is None and not models and settings.models_dir is not None:
+        return []
     if settings.model is not None or not models:
         mid, path = resolve_model_path(settings.model, models)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
@@ -122,47 +177,3 @@ def model_specs(
             )
         )
     return specs
-
-
-@dataclass(slots=True)
-class ModelRegistry:
-    """The loaded models of one server, looked up by the id clients send."""
-
-    specs: list[ModelSpec]
-    backend: LlamaCppBackend = field(default_factory=LlamaCppBackend)
-    loaded: dict[str, LoadedModel] = field(default_factory=dict)
-
-    @property
-    def ready(self) -> bool:
-        return len(self.loaded) == len(self.specs)
-
-    @property
-    def default_id(self) -> str:
-        return self.specs[0].id
-
-    def spec(self, model_id: str) -> ModelSpec:
-        for s in self.specs:
-            if s.id == model_id:
-                return s
-        raise ModelNotFoundError(f"model '{model_id}' does not exist")
-
-    def get(self, model_id: str | None) -> LoadedModel:
-        """The loaded model a request names (None: the first); never another one."""
-        spec = self.spec(model_id if model_id is not None else self.default_id)
-        try:
-            return self.loaded[spec.id]
-        except KeyError:
-            raise ModelNotFoundError(f"model '{spec.id}' is not loaded yet") from None
-
-    async def load_all(self) -> None:
-        for spec in self.specs:
-            log.info("loading model '%s' from %s", spec.id, spec.path)
-            lm = await asyncio.to_thread(
-                self.backend.load_model_sync, spec.path, spec.config, AcceleratorType.Cpu()
-            )
-            self.loaded[spec.id] = lm
-
-    async def close(self) -> None:
-        for mid, lm in list(self.loaded.items()):
-            del self.loaded[mid]
-            await self.backend.unload_model(lm.handle)
