@@ -1,0 +1,164 @@
+"""Many models in one server, as an Ollama user would drive it: a models folder, loading on
+demand, --max-loaded-models with LRU eviction, keep_alive and --idle-unload, and the
+/models/load|unload routes; through HTTP and the openai client, with the bundled model
+under three names."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from live_server import live_server
+
+pytestmark = pytest.mark.integration
+
+NAMES = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, model_path: Path) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    for name in NAMES:
+        (folder / f"{name}.gguf").symlink_to(model_path)
+    (folder / "mmproj-alpha.gguf").symlink_to(model_path)  # a projector: not listed
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path):
+    args = ["--models-dir", str(models_dir), "--max-loaded-models", "2"]
+    with live_server(*args, "--parallel", "2", "--ctx-size", "1024") as s:
+        yield s
+
+
+def statuses(url: str) -> dict[str, str]:
+    data = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+    return {m["id"]: m["status"] for m in data}
+
+
+def metric(url: str, series: str) -> float:
+    """One series' value, named with its labels: 'model_unloads_total{reason="idle"}'."""
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"ferrousforge_{series} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {series} missing")
+
+
+EVICTED = 'model_unloads_total{reason="evicted"}'
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def ask(c: openai.OpenAI, model: str, **extra) -> str:
+    r = c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=4,
+        extra_body=extra or None,
+    )
+    assert r.model == model and r.usage.completion_tokens > 0
+    return r.choices[0].message.content
+
+
+def unload_all(url: str) -> None:
+    for name in NAMES:
+        r = httpx.post(url + "/models/unload", json={"model": name}, timeout=60)
+        assert r.status_code == 200
+
+
+def test_the_folder_models_are_listed_unloaded_until_asked_for(server):
+    assert statuses(server.url) == dict.fromkeys(NAMES, "unloaded")
+    ask(client(server.url), "beta")
+    assert statuses(server.url) == {"alpha": "unloaded", "beta": "loaded", "gamma": "unloaded"}
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and {"id": "beta", "status": "loaded"} in health["models"]
+
+
+def test_eviction_follows_least_recent_use(server):
+    unload_all(server.url)
+    c = client(server.url)
+    for name in ("alpha", "beta", "gamma"):  # gamma evicts alpha
+        ask(c, name)
+    assert statuses(server.url) == {"alpha": "unloaded", "beta": "loaded", "gamma": "loaded"}
+    ask(c, "beta")
+    ask(c, "alpha")  # gamma is now the least recently used
+    assert statuses(server.url) == {"alpha": "loaded", "beta": "loaded", "gamma": "unloaded"}
+
+
+def test_clients_rotating_over_three_models_all_succeed_within_the_limit(server):
+    unload_all(server.url)
+    evicted = metric(server.url, EVICTED)
+    most_loaded = 0
+    done = threading.Event()
+
+    def watch() -> None:  # how many models are ever loaded at once
+        nonlocal most_loaded
+        while not done.is_set():
+            most_loaded = max(most_loaded, int(metric(server.url, "models_loaded")))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    c = client(server.url)
+    jobs = [NAMES[(i + k) % 3] for i in range(3) for k in range(4)]  # 3 clients x 4 requests
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda m: ask(c, m), jobs))
+    finally:
+        done.set()
+        watcher.join()
+    assert len(answers) == 12
+    assert 1 <= most_loaded <= 2
+    assert metric(server.url, EVICTED) > evicted
+
+
+def test_concurrent_first_requests_share_one_load(server):
+    unload_all(server.url)
+    loads = metric(server.url, "model_loads_total")
+    c = client(server.url)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: ask(c, "gamma"), range(4)))
+    assert metric(server.url, "model_loads_total") == loads + 1
+
+
+def test_load_and_unload_routes(server):
+    r = httpx.post(server.url + "/models/load", json={"model": "alpha"}, timeout=60)
+    assert r.status_code == 200 and r.json()["status"] == "loaded"
+    assert statuses(server.url)["alpha"] == "loaded"
+    r = httpx.post(server.url + "/models/unload", json={"model": "alpha"}, timeout=60)
+    assert r.status_code == 200 and statuses(server.url)["alpha"] == "unloaded"
+    r = httpx.post(server.url + "/models/load", json={"model": "delta"}, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        ask(client(server.url), "delta")
+
+
+def test_keep_alive_zero_unloads_after_the_request(server):
+    ask(client(server.url), "alpha", keep_alive=0)
+    for _ in range(100):
+        if statuses(server.url)["alpha"] == "unloaded":
+            break
+        time.sleep(0.05)
+    assert statuses(server.url)["alpha"] == "unloaded"
+    with pytest.raises(openai.BadRequestError, match="keep_alive"):
+        ask(client(server.url), "alpha", keep_alive="5 parsecs")
+
+
+def test_idle_models_leave_memory_after_idle_unload(models_dir: Path):
+    args = ["--models-dir", str(models_dir), "--idle-unload", "1"]
+    with live_server(*args, "--parallel", "1", "--ctx-size", "512") as s:
+        c = client(s.url)
+        ask(c, "alpha")
+        ask(c, "beta", keep_alive="1h")  # stays, whatever --idle-unload says
+        deadline = time.monotonic() + 20
+        while statuses(s.url)["alpha"] != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert statuses(s.url) == {"alpha": "unloaded", "beta": "loaded", "gamma": "unloaded"}
+        assert metric(s.url, 'model_unloads_total{reason="idle"}') == 1
