@@ -224,6 +224,8 @@ class ModelPool:
         """Load these models in order while they fit the limits without evicting any;
         returns the errors of those that failed (the others keep serving)."""
         errors = []
+        if self.memory_budget is not None:
+            await asyncio.to_thread(self._costs, list(self.entries.values()))
         for mid in model_ids:
             e = self.entry(mid)
             if not self._fits(e):
@@ -242,13 +244,13 @@ class ModelPool:
     async def _load(self, e: ModelEntry) -> None:
         try:
             async with self._room:
+                if self.memory_budget is not None:  # reading GGUF headers: off the loop
+                    await asyncio.to_thread(self._costs, [e, *self._resident(e)])
                 await self._make_room(e)
                 e.status, e.error = ModelStatus.LOADING, None
             log.info("loading model '%s' from %s", e.id, e.spec.path)
             t0 = time.perf_counter()
-            lm = await asyncio.to_thread(
-                self.backend.load_model_sync, e.spec.path, e.spec.config, AcceleratorType.Cpu()
-            )
+            lm = await asyncio.to_thread(self._load_sync, e)
         except Exception as exc:  # the waiting requests read the error from the entry
             e.status, e.failed_at = ModelStatus.FAILED, self._clock()
             e.error = f"model failed to load: '{e.id}': {exc}"
@@ -263,6 +265,14 @@ class ModelPool:
         finally:
             e.load_task = None
             self._notify()
+
+    def _load_sync(self, e: ModelEntry) -> LoadedModel:
+        self._cost(e)  # for the loaded-bytes gauge, estimated here rather than on the loop
+        return self.backend.load_model_sync(e.spec.path, e.spec.config, AcceleratorType.Cpu())
+
+    def _costs(self, entries: list[ModelEntry]) -> None:
+        for e in entries:
+            self._cost(e)
 
     def _cost(self, e: ModelEntry) -> MemoryCost:
         if e.cost is None:
