@@ -162,3 +162,30 @@ def test_idle_models_leave_memory_after_idle_unload(models_dir: Path):
             time.sleep(0.1)
         assert statuses(s.url) == {"alpha": "unloaded", "beta": "loaded", "gamma": "unloaded"}
         assert metric(s.url, 'model_unloads_total{reason="idle"}') == 1
+
+
+def test_streams_with_keep_alive_zero_complete_and_then_the_model_unloads(server):
+    """Whole streams with logprobs (read from the vocabulary to the last chunk) from a model
+    that unloads after each; test_server_prepare checks when the lease is given back."""
+    c = client(server.url)
+    for _ in range(3):
+        stream = c.chat.completions.create(
+            model="beta",
+            messages=[{"role": "user", "content": "Count to five."}],
+            max_tokens=8,
+            logprobs=True,
+            stream=True,
+            extra_body={"keep_alive": 0},
+        )
+        chunks = []
+        for chunk in stream:
+            time.sleep(0.05)  # a slow reader: the engine is long done
+            chunks.append(chunk)
+        tokens = [lp for ch in chunks if ch.choices and ch.choices[0].logprobs
+                  for lp in ch.choices[0].logprobs.content]  # fmt: skip
+        assert len(tokens) == 8 and all(t.token is not None for t in tokens)
+    for _ in range(100):
+        if statuses(server.url)["beta"] == "unloaded":
+            break
+        time.sleep(0.05)
+    assert statuses(server.url)["beta"] == "unloaded"

@@ -134,6 +134,35 @@ async def test_a_client_gone_during_preparation_leaves_no_slot_behind(served: Se
     for _ in range(PARALLEL + MAX_WAITING):  # every slot and queue place is usable again
         r = await served.client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
         assert r.status_code == 200, r.text
+    assert served.pool.entries["m"].leases == 0  # nor does it keep the model from unloading
+
+
+async def test_a_response_holds_its_model_until_it_ends_and_then_lets_go(served: Served) -> None:
+    """Each request leases its model from before it is prepared until its response ends
+    (the last chunks still read the vocabulary); every path gives the lease back."""
+    entry = served.pool.entries["m"]
+    leases = []
+    release = served.pool.release
+    engine = served.lm.engine
+
+    def spy(mid: str) -> None:  # at each release: the leases held, and requests in the engine
+        leases.append((entry.leases, engine.in_flight))
+        release(mid)
+
+    served.pool.release = spy  # type: ignore[method-assign]
+    try:
+        r = await served.client.post("/v1/chat/completions", json=_chat("Hi", logprobs=True))
+        assert r.status_code == 200
+        body = {**_chat("Hi", logprobs=True), "stream": True}
+        async with served.client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert [line async for line in r.aiter_lines()][-2] == "data: [DONE]"
+        r = await served.client.post("/v1/chat/completions", json=_chat("Hi", max_tokens=10**6))
+        assert r.status_code == 400  # refused while preparing
+    finally:
+        served.pool.release = release  # type: ignore[method-assign]
+    # One lease each, given back once, and only after the engine was done with the request
+    # (released at submission, the model could unload under the response's last chunks).
+    assert leases == [(1, 0)] * 3 and entry.leases == 0
 
 
 async def test_prompt_filling_the_whole_context_can_be_scored(served: Served) -> None:

@@ -42,14 +42,20 @@ class Job:
     streams: list[RequestStream]
     plan: GenerationPlan
     n: int
+    # Called once when the job ends: gives back the model lease (the response still reads
+    # the model's vocabulary after the engine is done, so it must stay loaded until then).
+    release: Callable[[], None] | None = None
 
     def prompt_of(self, choice: int) -> Prompt:
         return self.prompts[choice // self.n]
 
     def abort(self) -> None:
-        """Free every slot still held (a no-op for finished streams)."""
+        """Free every slot still held (a no-op for finished streams), then the model."""
         for s in self.streams:
             s.abort()
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -34,6 +35,7 @@ from ferrousforge.models.pool import ModelPool, ModelStatus
 from ferrousforge.settings import ServerSettings
 
 router = APIRouter()
+J = TypeVar("J", bound=completions.Job)
 
 
 @dataclass(slots=True)
@@ -66,22 +68,48 @@ async def model_for(
 @router.post("/v1/completions", responses=streaming("A completion, or its SSE chunks"))
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     st = state(request)
-    async with model_for(request, body.model, body.keep_alive_s) as (mid, lm):
-        job = await completions.prepare(
-            lambda loop: completions.start(body, st.pool.backend, lm, mid, st.settings, loop)
-        )
+    job = await _start(
+        request,
+        body.model,
+        body.keep_alive_s,
+        lambda mid, lm, loop: completions.start(body, st.pool.backend, lm, mid, st.settings, loop),
+    )
     return await _respond(job, completions.respond(body, job, request), body.stream)
 
 
 @router.post("/v1/chat/completions", responses=streaming("A chat completion, or its SSE chunks"))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     st = state(request)
-    async with model_for(request, body.model, body.keep_alive_s) as (mid, lm):
-        spec = st.pool.spec(mid)
-        job = await completions.prepare(
-            lambda loop: chat.start(body, st.pool.backend, lm, mid, st.settings, spec, loop)
-        )
+    job = await _start(
+        request,
+        body.model,
+        body.keep_alive_s,
+        lambda mid, lm, loop: chat.start(
+            body, st.pool.backend, lm, mid, st.settings, st.pool.spec(mid), loop
+        ),
+    )
     return await _respond(job, chat.respond(body, job, request), body.stream)
+
+
+async def _start(
+    request: Request,
+    name: str | None,
+    keep_alive: float | None,
+    start: Callable[[str, LoadedModel, asyncio.AbstractEventLoop], J],
+) -> J:
+    """Build and submit a generation job on the model ``name`` (loading it if needed); the
+    job holds the model until it ends (``Job.abort``, which every response path calls)."""
+    st = state(request)
+    if st.load_error:
+        raise ModelNotReadyError(st.load_error)
+    mid, lm = await st.pool.acquire(name, keep_alive)
+    try:
+        job = await completions.prepare(lambda loop: start(mid, lm, loop))
+    except BaseException:
+        st.pool.release(mid)  # a job built after a cancel is aborted without a release
+        raise
+    job.release = lambda: st.pool.release(mid)
+    return job
 
 
 async def _respond(job: completions.Job, response: Awaitable[Response], stream: bool) -> Response:
