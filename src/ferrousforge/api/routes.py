@@ -68,19 +68,19 @@ async def model_for(
 @router.post("/v1/completions", responses=streaming("A completion, or its SSE chunks"))
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     st = state(request)
-    job = await _start(
+    job = await start_job(
         request,
         body.model,
         body.keep_alive_s,
         lambda mid, lm, loop: completions.start(body, st.pool.backend, lm, mid, st.settings, loop),
     )
-    return await _respond(job, completions.respond(body, job, request), body.stream)
+    return await respond_job(job, completions.respond(body, job, request), body.stream)
 
 
 @router.post("/v1/chat/completions", responses=streaming("A chat completion, or its SSE chunks"))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     st = state(request)
-    job = await _start(
+    job = await start_job(
         request,
         body.model,
         body.keep_alive_s,
@@ -88,10 +88,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
             body, st.pool.backend, lm, mid, st.settings, st.pool.spec(mid), loop
         ),
     )
-    return await _respond(job, chat.respond(body, job, request), body.stream)
+    return await respond_job(job, chat.respond(body, job, request), body.stream)
 
 
-async def _start(
+async def start_job(
     request: Request,
     name: str | None,
     keep_alive: float | None,
@@ -112,7 +112,9 @@ async def _start(
     return job
 
 
-async def _respond(job: completions.Job, response: Awaitable[Response], stream: bool) -> Response:
+async def respond_job(
+    job: completions.Job, response: Awaitable[Response], stream: bool
+) -> Response:
     """Whatever happens, the job's slots are freed: now, or when a stream's response ends."""
     try:
         return await response
