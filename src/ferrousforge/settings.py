@@ -31,6 +31,7 @@ def _split_commas(value: Any) -> Any:
 
 
 ToolFormatName = Literal["auto", "hermes", "llama3", "mistral", "generic"]
+PoolingName = Literal["mean", "cls", "last", "rank"]
 
 
 class ModelSettings(BaseModel):
@@ -50,6 +51,9 @@ class ModelSettings(BaseModel):
     chat_template: str | None = Field(None, description="Jinja2 template overriding the GGUF's")
     tool_format: ToolFormatName | None = Field(
         None, description="tool-call format (default: the server's --tool-format)"
+    )
+    pooling: PoolingName | None = Field(
+        None, description="embedding pooling (default: the server's --pooling)"
     )
 
 
@@ -142,6 +146,17 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="unload a model after this many seconds without requests (a request's "
         "keep_alive overrides it for its model; default: never)",
+    )
+    pooling: PoolingName | None = Field(
+        None,
+        description="how /v1/embeddings pools a sequence: mean, cls, last, or rank (a "
+        "reranker's scores, for /v1/rerank); default: the GGUF's own, else mean",
+    )
+    embedding_batch: int = Field(
+        2048,
+        ge=1,
+        description="tokens per embedding decode (many inputs share one): the longest input "
+        "/v1/embeddings takes, within the model's training context",
     )
     max_tokens_limit: int = Field(
         4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from ferrousforge import __version__
+from ferrousforge.api import embeddings
 from ferrousforge.api.auth import APIKeyMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
@@ -92,6 +93,7 @@ def create_app(
     )
     app.state.ff = st
     app.include_router(router)
+    app.include_router(embeddings.router)
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the

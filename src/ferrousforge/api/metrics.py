@@ -29,6 +29,10 @@ _COUNTERS = [
         "Speculative decoding: drafted tokens accepted",
         "draft_accepted_tokens",
     ),
+    ("embedding_requests_total", "Embedding and rerank requests served", "embedding_requests"),
+    ("embedding_inputs_total", "Inputs embedded (or document pairs ranked)", "embedding_inputs"),
+    ("embedding_tokens_total", "Tokens of those inputs", "embedding_tokens"),
+    ("embedding_decodes_total", "Decodes of the embedding context", "embedding_decodes"),
 ]
 _HISTOGRAMS = [
     ("time_to_first_token_seconds", "Time from arrival to first token", "ttft"),

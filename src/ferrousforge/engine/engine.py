@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ferrousforge.engine import embeddings
+from ferrousforge.engine.embeddings import Embedder, EmbedJob
 from ferrousforge.engine.output import Detokenizer
 from ferrousforge.engine.prompt_cache import PromptCache
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, Runner
@@ -106,8 +108,11 @@ class Engine:
         sample_budget_s: float | None = None,
         spec: SpecConfig | None = None,
         host_cache_bytes: int = 0,
+        embedder_factory: Callable[[], Embedder] | None = None,
     ) -> None:
-        """``host_cache_bytes``: the budget of the host-RAM prompt cache (0: none)."""
+        """``host_cache_bytes``: the budget of the host-RAM prompt cache (0: none).
+        ``embedder_factory`` makes the embedding context, in this thread, on the first
+        embedding request (None: the model serves no embeddings)."""
         self.runner = runner
         # Sampling runs on this thread between decodes: one request's slow sampling (a huge
         # grammar) would stall every other stream, so a token over budget ends its request.
@@ -119,7 +124,10 @@ class Engine:
         self.piece = piece
         self.max_waiting = max_waiting
         self.stats = EngineStats()
-        self._inbox: deque[tuple[str, Sequence]] = deque()
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._embedder_factory = embedder_factory
+        self._embedder: Embedder | None = None
+        self._embeds: deque[EmbedJob] = deque()
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._unfinished = 0  # requests accepted and not yet finished (any thread)
@@ -181,6 +189,25 @@ class Engine:
             self._inbox.append(("abort", seq))
             self._cond.notify()
 
+    def add_embedding(
+        self, inputs: list[list[int]], loop: asyncio.AbstractEventLoop | None = None
+    ) -> asyncio.Future[list]:
+        """Queue token-id inputs for pooled embeddings; the future gets one vector each.
+
+        Each input must fit one embedding decode (the caller checks ``embedder`` limits).
+        Cancelling the future drops the inputs not yet embedded.
+        """
+        if self._embedder_factory is None:
+            raise ValueError("model: this model serves no embeddings")
+        loop = loop or asyncio.get_running_loop()
+        job = EmbedJob(inputs, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping:
+                raise EngineStoppedError("the engine is shut down")
+            self._inbox.append(("embed", job))
+            self._cond.notify()
+        return job.future
+
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Cancel everything in flight and stop the thread. False if it did not stop in time."""
         with self._cond:
@@ -189,6 +216,11 @@ class Engine:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedding context, once the first embedding request made it."""
+        return self._embedder
 
     @property
     def in_flight(self) -> int:
@@ -225,34 +257,70 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._inbox and not self._stopping and not self.scheduler.has_work():
+                while not self._inbox and not self._stopping and not self._has_work():
                     if self.scheduler.has_unsaved_idle():
                         break  # idle time: save a finished prompt's KV to the host cache
                     self._cond.wait()
                 inbox = list(self._inbox)
                 self._inbox.clear()
                 stopping = self._stopping
-            if not inbox and not stopping and not self.scheduler.has_work():
+            if not inbox and not stopping and not self._has_work():
                 self.scheduler.save_idle()  # one slot, then look at the inbox again
                 continue
-            for kind, seq in inbox:
+            for kind, item in inbox:
                 if kind == "add":
                     try:
-                        self.scheduler.add(seq)
+                        self.scheduler.add(item)
                     except Exception as e:  # checked by the caller already; belt and braces
-                        self._reject(seq, e)
+                        self._reject(item, e)
+                elif kind == "embed":
+                    self._embeds.append(item)
                 else:
-                    self._finish(seq, SequenceStatus.FINISHED_ABORTED)
+                    self._finish(item, SequenceStatus.FINISHED_ABORTED)
             if stopping:
                 self._cancel_all()
                 self._deliver()
                 return
-            try:
-                self.step()
-            except Exception as e:  # never let one bad step kill the thread
-                log.exception("engine step failed; failing the running requests")
-                self._fail_running(e)
+            if self.scheduler.has_work():
+                try:
+                    self.step()
+                except Exception as e:  # never let one bad step kill the thread
+                    log.exception("engine step failed; failing the running requests")
+                    self._fail_running(e)
             self._deliver()
+            if self._embeds:
+                self._embed_step()
+
+    def _has_work(self) -> bool:
+        return self.scheduler.has_work() or bool(self._embeds)
+
+    def _embed_step(self) -> None:
+        """One embedding decode between generation steps (many inputs, each whole)."""
+        try:
+            if self._embedder is None:
+                self._embedder = self._embedder_factory()  # type: ignore[misc]
+            emb = self._embedder
+        except Exception as e:  # e.g. no memory for the second context: fail them all
+            log.exception("could not create the embedding context")
+            embeddings.fail(self._embeds, [(j, 0) for j in self._embeds], e)
+            return
+        batch = embeddings.next_batch(self._embeds, emb.max_tokens, emb.max_seqs)
+        if not batch:
+            return
+        inputs = [job.inputs[i] for job, i in batch]
+        try:
+            vectors = emb.embed(inputs)
+        except Exception as e:
+            log.exception("embedding decode failed; failing its requests")
+            embeddings.fail(self._embeds, batch, e)
+            return
+        st = self.stats
+        with st.lock:
+            st.embedding_decodes += 1
+            st.embedding_inputs += len(inputs)
+            st.embedding_tokens += sum(len(x) for x in inputs)
+            st.embedding_requests += sum(1 for job, i in batch if i == len(job.inputs) - 1)
+        embeddings.settle(self._embeds, batch, vectors)
 
     def step(self) -> None:
         plan = self.scheduler.schedule()
@@ -412,6 +480,7 @@ class Engine:
 
     def _cancel_all(self) -> None:
         err = EngineStoppedError("the engine was shut down")
+        embeddings.fail(self._embeds, [(j, 0) for j in self._embeds], err)
         for seq in list(self._live):
             try:
                 self._fail(seq, err)

@@ -48,6 +48,10 @@ class EngineStats:
     draft_tokens: int = 0  # speculative decoding: drafted tokens verified
     draft_accepted_tokens: int = 0  # of which accepted
     busy_slots_sum: int = 0  # over decode steps: / decode_steps is the mean batch
+    embedding_requests: int = 0
+    embedding_inputs: int = 0
+    embedding_tokens: int = 0
+    embedding_decodes: int = 0  # decodes of the embedding context (many inputs each)
     running: int = 0
     waiting: int = 0
     ttft: Histogram = field(default_factory=Histogram)

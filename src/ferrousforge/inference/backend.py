@@ -89,6 +89,11 @@ class BackendConfig:
     draft_max: int = 16
     draft_min: int = 1
     draft_max_batch: int = 2
+    # Embeddings (a second context on the same weights, made on the first request):
+    # pooling "mean", "cls", "last" or "rank"; None: the GGUF's own, else mean. Each
+    # embedding decode holds up to embedding_batch tokens (so no input is longer).
+    pooling: Literal["mean", "cls", "last", "rank"] | None = None
+    embedding_batch: int = 2048
     progress_callback: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +121,12 @@ class BackendConfig:
             (self.draft_max >= 0, "draft_max", ">= 0 (0: no speculative decoding)"),
             (self.draft_min >= 1, "draft_min", ">= 1"),
             (self.draft_max_batch >= 0, "draft_max_batch", ">= 0"),
+            (
+                self.pooling in (None, "mean", "cls", "last", "rank"),
+                "pooling",
+                "mean, cls, last or rank",
+            ),
+            (self.embedding_batch >= 1, "embedding_batch", ">= 1"),
             (self.main_gpu >= 0, "main_gpu", ">= 0"),
             (self.split_mode in ("none", "layer", "row"), "split_mode", "none, layer or row"),
             (self.flash_attention in ("auto", "on", "off"), "flash_attention", "auto, on or off"),

@@ -82,6 +82,8 @@ def backend_config(
         draft_max=settings.draft_max,
         draft_min=settings.draft_min,
         draft_max_batch=settings.draft_max_batch,
+        pooling=pick("pooling"),
+        embedding_batch=settings.embedding_batch,
         progress_callback=progress,
     )
     threads = pick("threads")

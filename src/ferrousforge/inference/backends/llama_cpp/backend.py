@@ -29,10 +29,16 @@ from ferrousforge.inference.backend import (
     Usage,
 )
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
+from ferrousforge.inference.backends.llama_cpp.embedder import (
+    LlamaEmbedder,
+    input_limit,
+    pooling_for,
+)
 from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
 from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
 from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
+from ferrousforge.inference.embedding import EmbeddingResult, finish_vectors, fit_inputs
 from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
 
 if TYPE_CHECKING:
@@ -74,6 +80,8 @@ class LoadedModel:
                 "engine thread of %s did not stop; its context is not freed", self.handle.path
             )
             return
+        if self.engine.embedder is not None:
+            self.engine.embedder.close()
         self.context.close()
         self.model.close()
 
@@ -130,6 +138,7 @@ class LlamaCppBackend:
             name=path.stem,
             sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
             spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
+            embedder_factory=lambda: LlamaEmbedder(lib, model, config),
         )
         handle = ModelHandle(next(_handle_ids), path, self.name)
         loaded = LoadedModel(handle, gguf, config, model, context, engine)
@@ -340,6 +349,90 @@ class LlamaCppBackend:
         options = options or InferenceOptions()
         (p,), (stream,) = await self._prepare(handle, [input], options)
         return _parsed(await collect(stream, self.loaded(handle).vocab, p.ids, options), p.plan)
+
+    # ---- embeddings and ranking ------------------------------------------------------
+
+    def embedding_inputs(
+        self, handle: ModelHandle, inputs: Sequence[str | list[int]], truncate: bool = False
+    ) -> list[list[int]]:
+        """Token ids per input (texts with the model's special tokens, as llama-server),
+        each within one embedding decode (blocking: tokenization)."""
+        lm = self.loaded(handle)
+        ids = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, str):
+                ids.append(lm.vocab.tokenize(x, add_special=True, parse_special=False))
+            else:
+                lm.vocab.check_ids(list(x), f"input[{i}]")
+                ids.append(list(x))
+        return fit_inputs(ids, input_limit(lm.config, lm.model), truncate)
+
+    async def embed(
+        self,
+        handle: ModelHandle,
+        inputs: Sequence[str | list[int]],
+        *,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        truncate: bool = False,
+    ) -> EmbeddingResult:
+        """Pooled embeddings of texts or token-id lists, one row each, in as few decodes as
+        the embedding context holds (concurrent calls share them). ``pooling`` in the
+        BackendConfig picks mean/cls/last (default: the GGUF's own, else mean)."""
+        lm = self.loaded(handle)
+        if pooling_for(lm.config, lm.model) == "rank":
+            raise ValueError("model: its pooling is 'rank' (a reranker): use rerank()")
+        ids = await asyncio.to_thread(self.embedding_inputs, handle, inputs, truncate)
+        vectors = await lm.engine.add_embedding(ids)
+        counts = [len(x) for x in ids]
+        return EmbeddingResult(finish_vectors(vectors, normalize, dimensions), sum(counts), counts)
+
+    def rank_inputs(
+        self, handle: ModelHandle, query: str, documents: Sequence[str]
+    ) -> list[list[int]]:
+        """One token sequence per (query, document) pair, as llama-server builds them: the
+        model's rerank template if it has one, else BOS query EOS SEP document EOS."""
+        lm = self.loaded(handle)
+        vocab = lm.vocab
+        template = lm.model.meta("tokenizer.chat_template.rerank")
+        eos = vocab.eos if vocab.eos >= 0 else vocab.sep
+        out = []
+        for doc in documents:
+            if template:
+                text = template.replace("{query}", query).replace("{document}", doc)
+                out.append(vocab.tokenize(text, add_special=False, parse_special=True))
+                continue
+            ids = [vocab.bos] if vocab.add_bos else []
+            ids += vocab.tokenize(query, add_special=False)
+            ids += [eos] if vocab.add_eos else []
+            ids += [vocab.sep] if vocab.add_sep else []
+            ids += vocab.tokenize(doc, add_special=False)
+            ids += [eos] if vocab.add_eos else []
+            out.append(ids)
+        return out
+
+    async def rerank(
+        self, handle: ModelHandle, query: str, documents: Sequence[str], truncate: bool = False
+    ) -> EmbeddingResult:
+        """Relevance scores of ``documents`` for ``query`` (row i: document i's scores),
+        from a model with rank pooling (a reranker); ValueError for any other model."""
+        lm = self.loaded(handle)
+        if pooling_for(lm.config, lm.model) != "rank":
+            raise ValueError(
+                "model: it cannot rank (its GGUF declares no rank pooling; serve a reranker, "
+                'or set pooling = "rank" for a model with a classification head)'
+            )
+        if not documents:
+            raise ValueError("documents: must not be empty")
+
+        def build() -> list[list[int]]:
+            pairs = self.rank_inputs(handle, query, documents)
+            return fit_inputs(pairs, input_limit(lm.config, lm.model), truncate)
+
+        ids = await asyncio.to_thread(build)
+        vectors = await lm.engine.add_embedding(ids)
+        counts = [len(x) for x in ids]
+        return EmbeddingResult(finish_vectors(vectors, normalize=False), sum(counts), counts)
 
     async def infer_batch(
         self, handle: ModelHandle, inputs: Sequence[Input], options: InferenceOptions | None = None

@@ -47,10 +47,22 @@ class LlamaContext(NativeHandle):
 
     _what = "context"
 
-    def __init__(self, lib: ModuleType, model: LlamaModel, config: BackendConfig) -> None:
+    def __init__(
+        self,
+        lib: ModuleType,
+        model: LlamaModel,
+        config: BackendConfig,
+        *,
+        pooling_type: int | None = None,
+    ) -> None:
+        """``pooling_type`` (llama_pooling_type) makes an embeddings context: pooled
+        vectors per sequence instead of logits (see embedder.py)."""
         super().__init__(lib)
         self.model = model
         p = lib.llama_context_default_params()
+        if pooling_type is not None:
+            p.embeddings = True
+            p.pooling_type = pooling_type
         p.n_ctx = context_size_for(config, model)
         p.n_batch = config.batch_size
         p.n_ubatch = min(config.ubatch_size, config.batch_size)

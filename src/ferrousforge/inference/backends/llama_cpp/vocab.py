@@ -19,6 +19,9 @@ class Vocab:
         self.bos = lib.llama_vocab_bos(ptr)
         self.eos = lib.llama_vocab_eos(ptr)
         self.add_bos = bool(lib.llama_vocab_get_add_bos(ptr))
+        self.sep = lib.llama_vocab_sep(ptr)
+        self.add_eos = bool(lib.llama_vocab_get_add_eos(ptr))
+        self.add_sep = bool(lib.llama_vocab_get_add_sep(ptr))
         self.eog_ids = frozenset(t for t in range(self.n_tokens) if lib.llama_vocab_is_eog(ptr, t))
         self._pieces: list[bytes | None] = [None] * self.n_tokens
         self._special_pieces: dict[int, bytes] = {}

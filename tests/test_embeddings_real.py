@@ -1,0 +1,159 @@
+"""Embeddings with the bundled model (mean pooling over a generative model): the library
+call, then /v1/embeddings through the openai SDK and LangChain, and /v1/rerank's refusal."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from live_server import live_server
+
+from ferrousforge.inference.backend import BackendConfig
+from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [f"Note {i}: the {('red', 'green', 'blue')[i % 3]} ship sails at dawn." for i in range(64)]
+
+
+@pytest.fixture
+async def backend_and_handle(model_path):
+    backend = LlamaCppBackend()
+    config = BackendConfig(num_threads=2, context_size=1024, max_parallel=2, embedding_batch=512)
+    handle = await backend.load_model(model_path, config)
+    yield backend, handle
+    await backend.unload_model(handle)
+
+
+async def test_vectors_have_the_model_width_and_unit_length(backend_and_handle):
+    backend, handle = backend_and_handle
+    lm = backend.loaded(handle)
+    r = await backend.embed(handle, ["The cat sat.", "A dog ran."])
+    assert r.vectors.shape == (2, lm.model.n_embd)
+    assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1.0, atol=1e-5)
+    assert r.prompt_tokens == sum(r.token_counts) and all(n > 2 for n in r.token_counts)
+    raw = await backend.embed(handle, ["The cat sat."], normalize=False)
+    assert not np.isclose(np.linalg.norm(raw.vectors[0]), 1.0)
+    assert float(raw.vectors[0] @ r.vectors[0]) / np.linalg.norm(raw.vectors[0]) > 0.9999
+
+
+async def test_a_batch_equals_each_input_alone_in_few_decodes(backend_and_handle):
+    backend, handle = backend_and_handle
+    stats = backend.loaded(handle).engine.stats
+    before = stats.embedding_decodes
+    together = await backend.embed(handle, TEXTS)
+    decodes = stats.embedding_decodes - before
+    assert decodes <= 3, decodes  # ~1000 tokens in 512-token decodes, not 64 calls
+    for i in (0, 17, 42, 63):
+        alone = await backend.embed(handle, [TEXTS[i]])
+        assert float(alone.vectors[0] @ together.vectors[i]) > 0.999
+
+
+async def test_similar_texts_are_closer_than_unrelated_ones(backend_and_handle):
+    backend, handle = backend_and_handle
+    v = (await backend.embed(handle, ["I love cats", "I adore kittens", "Tax law 1998"])).vectors
+    assert v[0] @ v[1] > v[0] @ v[2]
+
+
+async def test_token_ids_dimensions_and_length_limits(backend_and_handle):
+    backend, handle = backend_and_handle
+    ids = backend.tokenize(handle, "The cat sat.")
+    by_ids = await backend.embed(handle, [ids])
+    by_text = await backend.embed(handle, ["The cat sat."])
+    assert float(by_ids.vectors[0] @ by_text.vectors[0]) > 0.9999
+    short = await backend.embed(handle, ["The cat sat."], dimensions=64)
+    assert short.vectors.shape == (1, 64) and np.isclose(np.linalg.norm(short.vectors[0]), 1)
+    with pytest.raises(ValueError, match="dimensions"):
+        await backend.embed(handle, ["x"], dimensions=100_000)
+    long = "word " * 600  # over the 512-token embedding batch
+    with pytest.raises(ValueError, match="truncate"):
+        await backend.embed(handle, [long])
+    cut = await backend.embed(handle, [long], truncate=True)
+    assert cut.token_counts == [512]
+    with pytest.raises(ValueError, match="cannot rank"):
+        await backend.rerank(handle, "q", ["a", "b"])
+
+
+async def test_generation_still_works_beside_the_embedding_context(backend_and_handle):
+    from ferrousforge.api.request import InferenceOptions
+    from ferrousforge.inference.backend import BackendInput
+
+    backend, handle = backend_and_handle
+    await backend.embed(handle, ["warm"])
+    out = await backend.infer(
+        handle, BackendInput.Text("The capital of France is"), InferenceOptions(max_tokens=4)
+    )
+    assert out.usage.completion_tokens == 4
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server("--parallel", "2", "--ctx-size", "1024", "--embedding-batch", "512") as s:
+        yield s
+
+
+def test_openai_sdk_embeddings_float_and_base64(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    r = c.embeddings.create(input=["The cat sat.", "A dog ran."], model=_model(server))
+    assert len(r.data) == 2 and [d.index for d in r.data] == [0, 1]
+    assert r.usage.prompt_tokens > 4 and r.usage.total_tokens == r.usage.prompt_tokens
+    floats = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"input": "The cat sat.", "encoding_format": "float"},
+        timeout=60,
+    ).json()["data"][0]["embedding"]
+    b64 = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"input": "The cat sat.", "encoding_format": "base64"},
+        timeout=60,
+    ).json()["data"][0]["embedding"]
+    decoded = np.frombuffer(base64.b64decode(b64), dtype="<f4")
+    assert np.allclose(decoded, floats, atol=1e-6)
+    assert np.allclose(r.data[0].embedding, floats, atol=1e-5)  # the SDK asked for base64
+    short = c.embeddings.create(input="The cat sat.", model=_model(server), dimensions=32)
+    assert len(short.data[0].embedding) == 32
+
+
+def _model(server) -> str:
+    return httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+
+
+def test_bad_embedding_requests_are_400s(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        c.embeddings.create(input="x", model=_model(server), dimensions=10_000)
+    with pytest.raises(openai.BadRequestError, match="truncate"):
+        c.embeddings.create(input="word " * 600, model=_model(server))
+    r = httpx.post(server.url + "/v1/embeddings", json={"input": []}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    with pytest.raises(openai.NotFoundError):
+        c.embeddings.create(input="x", model="no-such-model")
+    r = httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
+    assert r.status_code == 400 and "cannot rank" in r.json()["error"]["message"]
+
+
+def test_langchain_openai_embeddings(server):
+    from langchain_openai import OpenAIEmbeddings
+
+    emb = OpenAIEmbeddings(
+        model=_model(server),
+        base_url=server.url + "/v1",
+        api_key="none",
+        check_embedding_ctx_length=False,  # it would tokenize with tiktoken otherwise
+    )
+    docs = emb.embed_documents(["cats purr", "ships sail", "kittens meow"])
+    query = emb.embed_query("a kitten")
+    assert len(docs) == 3 and len(query) == len(docs[0])
+    sims = [float(np.dot(query, d)) for d in docs]
+    assert max(sims) <= 1.0001
+
+
+def test_metrics_count_embeddings(server):
+    httpx.post(server.url + "/v1/embeddings", json={"input": ["a", "b", "c"]}, timeout=60)
+    text = httpx.get(server.url + "/metrics").text
+    lines = {ln.split("{")[0]: ln for ln in text.splitlines() if ln.startswith("ferrousforge_emb")}
+    assert float(lines["ferrousforge_embedding_inputs_total"].rsplit(" ", 1)[1]) >= 3
+    assert float(lines["ferrousforge_embedding_decodes_total"].rsplit(" ", 1)[1]) >= 1
