@@ -244,6 +244,11 @@ class LlamaCppBackend:
         the event loop (a worker thread), pass the loop the streams will be read on.
         """
         lm = self.loaded(handle)
+        if not lm.model.can_generate:
+            raise ValueError(
+                f"model: {handle.path.name} is an embedding model (an encoder): it cannot "
+                "generate text; use /v1/embeddings (or /v1/rerank)"
+            )
         lm.engine.check_fits(len(prompt_ids), options.max_tokens)
         streams: list[RequestStream] = []
         try:

@@ -65,7 +65,9 @@ class LlamaEmbedder:
             context_size=size,
             batch_size=size,
             ubatch_size=size,
-            max_parallel=MAX_SEQS,
+            # llama.cpp reserves outputs for n_seq_max sequences within n_batch: never more
+            # sequences than tokens (an input has at least one).
+            max_parallel=min(MAX_SEQS, size),
             kv_unified=True,  # one pool: inputs of any length share the cells
             progress_callback=None,
         )

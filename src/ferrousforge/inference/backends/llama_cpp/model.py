@@ -57,6 +57,13 @@ class LlamaModel(NativeHandle):
         self.n_swa = lib.llama_model_n_swa(ptr)  # sliding-window attention size, 0: none
         self.description = self._desc()
         self.chat_template = self.meta("tokenizer.chat_template")
+        # Encoders (BERT-family: non-causal attention, T5 encoders: no decoder) only embed.
+        arch = self.meta("general.architecture")
+        causal = self.meta(f"{arch}.attention.causal") if arch else None
+        self.can_generate = bool(lib.llama_model_has_decoder(ptr)) and causal not in (
+            "false",
+            "0",
+        )
         self.is_recurrent = bool(lib.llama_model_is_recurrent(ptr)) or bool(
             lib.llama_model_is_hybrid(ptr)
         )
