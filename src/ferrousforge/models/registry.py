@@ -11,6 +11,7 @@ from pathlib import Path
 from ferrousforge.errors import ModelNotFoundError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.models import hub
 from ferrousforge.models.default_model import (
     DEFAULT_MODEL_ALIAS,
     bundled_model_path,
@@ -33,9 +34,10 @@ class ModelSpec:
 
 
 def resolve_model_path(
-    name: str | None, models: list[ModelSettings] | None = None
+    name: str | None, models: list[ModelSettings] | None = None, pull: bool = False
 ) -> tuple[str, Path]:
-    """(id, path) for a CLI model argument: a configured alias, the default alias, or a path.
+    """(id, path) for a CLI model argument: a configured alias, the default alias, a path,
+    or a Hugging Face name REPO[:QUANT] (from the cache; downloaded first if ``pull``).
 
     None is the default model, named after the file actually used (see default_model).
     """
@@ -47,6 +49,8 @@ def resolve_model_path(
     if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
         return DEFAULT_MODEL_ALIAS, bundled_model_path()
     path = Path(name).expanduser()
+    if not path.exists() and hub.parse_ref(name) is not None:
+        return name, hub.resolve(name, pull_missing=pull).path
     if not path.exists():
         raise ModelNotFoundError(
             f"model '{name}': no such file and no such alias (known aliases: "
@@ -95,7 +99,7 @@ def model_specs(
     """--model alone if given, else every configured model, else the bundled default."""
     models = models or []
     if settings.model is not None or not models:
-        mid, path = resolve_model_path(settings.model, models)
+        mid, path = resolve_model_path(settings.model, models, pull=settings.pull)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
         return [
             ModelSpec(
