@@ -49,7 +49,7 @@ class HubRef:
 
 @dataclass(frozen=True, slots=True)
 class LocalModel:
-    """A model on disk: the name that resolves to it, the folder holding it (a cache
+    """A model on disk: its name (REPO:QUANT or REPO/path), the folder holding it (a cache
     snapshot), its files relative to that folder (first part first) and their bytes."""
 
     name: str
@@ -101,6 +101,14 @@ def choose(models: list[ModelFiles], ref: HubRef) -> ModelFiles:
         what = f"no file matches quant {ref.quant}" if ref.quant else "no .gguf model file"
         raise _not_found(models, ref, what)
     return min(found, key=lambda m: (m.is_split, m.size, m.first))
+
+
+def model_name(repo_id: str, models: list[ModelFiles], m: ModelFiles) -> str:
+    """The name that picks ``m`` among a repo's ``models``: REPO:QUANT if its quantization
+    does, else REPO/path."""
+    if m.quant and choose(models, HubRef(repo_id, m.quant)) == m:
+        return f"{repo_id}:{m.quant}"
+    return f"{repo_id}/{m.first}"
 
 
 def _not_found(models: list[ModelFiles], ref: HubRef, what: str) -> QuantNotFoundError:
@@ -176,11 +184,12 @@ def find_pulled(ref: HubRef) -> LocalModel | None:
     A bare REPO takes its Q4_K_M if pulled, else the smallest model pulled from it.
     """
     for snapshot in _snapshots(_repo_dir(ref.repo_id)):
+        models = group_files(_cached_files(snapshot))
         try:
-            m = choose(group_files(_cached_files(snapshot)), ref)
+            m = choose(models, ref)
         except QuantNotFoundError:
             continue
-        return LocalModel(str(ref), snapshot, m.paths, m.size)
+        return LocalModel(model_name(ref.repo_id, models, m), snapshot, m.paths, m.size)
     return None
 
 
@@ -198,9 +207,7 @@ def pulled_models() -> list[LocalModel]:
             for m in models:
                 if not m.is_model:
                     continue
-                name = f"{repo_id}/{m.first}"
-                if m.quant and choose(models, HubRef(repo_id, m.quant)) == m:
-                    name = f"{repo_id}:{m.quant}"
+                name = model_name(repo_id, models, m)
                 found.setdefault(name, LocalModel(name, snapshot, m.paths, m.size))
     return list(found.values())
 
@@ -263,7 +270,8 @@ def pull(name: str | HubRef) -> LocalModel:
         return local
     from huggingface_hub import hf_hub_download
 
-    m = choose(group_files(list_remote(ref.repo_id)), ref)
+    models = group_files(list_remote(ref.repo_id))
+    m = choose(models, ref)
     got = ""
     for i, path in enumerate(m.paths, 1):
         log.info("pulling %s: %s (%d of %d)", ref, path, i, len(m.paths))
@@ -275,7 +283,7 @@ def pull(name: str | HubRef) -> LocalModel:
             raise ModelDownloadError(f"downloading {ref.repo_id}/{path} failed: {e}") from e
     # Every part lands in the same snapshot folder, under its path in the repo.
     snapshot = Path(got).parents[len(Path(m.paths[-1]).parts) - 1]
-    return LocalModel(str(ref), snapshot, m.paths, m.size)
+    return LocalModel(model_name(ref.repo_id, models, m), snapshot, m.paths, m.size)
 
 
 def _parse(name: str) -> HubRef:
