@@ -35,13 +35,14 @@ def _sha256(path: Path) -> str:
 
 class FakeHub:
     """Repos of files on disk, served over HTTP; every request is recorded in ``requests``
-    as (method, path, Range header). A path in ``cut_once`` ("repo/file") has its next GET
-    cut off half way through the body, as a dropped connection would."""
+    as (method, path, Range header). ``faults["repo/file"]`` lists what the next GETs of a
+    file meet, one entry each: "cut" (the body stops half way, as a dropped connection
+    would) or "down" (503)."""
 
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, Path]] = {}
         self.requests: list[tuple[str, str, str | None]] = []
-        self.cut_once: set[str] = set()
+        self.faults: dict[str, list[str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -125,6 +126,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             source = hub.repos[repo_id].get(name)
             if source is None:
                 return self._error("EntryNotFound")
+            key = f"{repo_id}/{name}"
+            fault = None
+            if self.command == "GET" and hub.faults.get(key):
+                fault = hub.faults[key].pop(0)
+            if fault == "down":
+                return self._error("ServiceUnavailable", 503)
             size = source.stat().st_size
             start, end = 0, size - 1
             wanted = self.headers.get("Range")
@@ -141,10 +148,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
-            key = f"{repo_id}/{name}"
             stop = end + 1
-            if key in hub.cut_once:
-                hub.cut_once.discard(key)
+            if fault == "cut":
                 stop = start + (end + 1 - start) // 2
                 self.close_connection = True
             with source.open("rb") as f:

@@ -156,7 +156,7 @@ def test_an_unknown_quant_lists_what_exists(hub: FakeHub, capsys) -> None:
 
 def test_an_interrupted_download_resumes_to_the_same_bytes(hub: FakeHub, hub_files, capsys):
     name = "smollm2-Q4_K_M.gguf"
-    hub.cut_once.add(f"{REPO}/{name}")
+    hub.faults[f"{REPO}/{name}"] = ["cut"]
     path = _pull(f"{REPO}:Q4_K_M", capsys)
     assert filecmp.cmp(path, hub_files[REPO][name], shallow=False)
     ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith(name)]
@@ -166,6 +166,16 @@ def test_an_interrupted_download_resumes_to_the_same_bytes(hub: FakeHub, hub_fil
     assert len(ranges) == 2 and ranges[0] is None, ranges
     resumed_at = int(ranges[1].removeprefix("bytes=").removesuffix("-"))
     assert 0 < resumed_at <= size // 2
+
+
+def test_a_pull_that_fails_midway_completes_the_next_time(hub: FakeHub, hub_files, capsys):
+    name = "smollm2-Q4_K_M.gguf"
+    hub.faults[f"{REPO}/{name}"] = ["cut", "down"]  # the retry after the cut fails too
+    assert main(["pull", REPO]) == 1
+    assert f"downloading {REPO}/{name} failed" in capsys.readouterr().err
+    assert hf.pulled_models() == []  # no half file passes for a model
+    path = _pull(REPO, capsys)
+    assert filecmp.cmp(path, hub_files[REPO][name], shallow=False)
 
 
 def test_offline_resolves_a_pulled_model_and_fails_clearly_for_another(
