@@ -63,6 +63,11 @@ class ServerSettings(BaseSettings):
         description="model path or alias to serve (default: the bundled model, or every "
         "model in --config)",
     )
+    pull: bool = Field(
+        False,
+        description="download a Hugging Face model named REPO[:QUANT] that is not in the cache "
+        "yet (off: such a name must be pulled first with `ferrousforge pull`)",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     api_key: Annotated[list[str], NoDecode] = Field(

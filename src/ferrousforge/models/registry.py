@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ferrousforge.errors import ModelNotFoundError
 from ferrousforge.inference.backend import BackendConfig
+from ferrousforge.models import hub
 from ferrousforge.models.default_model import (
     DEFAULT_MODEL_ALIAS,
     bundled_model_path,
@@ -36,9 +37,10 @@ class ModelSpec:
 
 
 def resolve_model_path(
-    name: str | None, models: list[ModelSettings] | None = None
+    name: str | None, models: list[ModelSettings] | None = None, pull: bool = False
 ) -> tuple[str, Path]:
-    """(id, path) for a CLI model argument: a configured alias, the default alias, or a path.
+    """(id, path) for a CLI model argument: a configured alias, the default alias, a path,
+    or a Hugging Face name REPO[:QUANT] (from the cache; downloaded first if ``pull``).
 
     None is the default model, named after the file actually used (see default_model).
     """
@@ -50,6 +52,8 @@ def resolve_model_path(
     if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
         return DEFAULT_MODEL_ALIAS, bundled_model_path()
     path = Path(name).expanduser()
+    if not path.exists() and hub.parse_ref(name) is not None:
+        return name, hub.resolve(name, pull_missing=pull).path
     if not path.exists():
         raise ModelNotFoundError(
             f"model '{name}': no such file and no such alias (known aliases: "
@@ -150,7 +154,7 @@ def _named_specs(
     if settings.model is None and not models and settings.models_dir is not None:
         return []
     if settings.model is not None or not models:
-        mid, path = resolve_model_path(settings.model, models)
+        mid, path = resolve_model_path(settings.model, models, pull=settings.pull)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
         return [
             ModelSpec(
