@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,29 @@ def test_pull_on_first_use_with_the_flag_or_env(hub: FakeHub, monkeypatch) -> No
     # Q4_K_M has Q8_0's bytes (one blob): the new process asked the hub, fetched nothing.
     assert ("HEAD", f"/{REPO}/resolve/main/smollm2-Q4_K_M.gguf", None) in hub.requests
     assert hub.downloads() == ["smollm2-Q8_0.gguf", *SPLIT]
+
+
+def test_serve_offers_pulled_models_and_loads_one_on_demand(hub: FakeHub, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from ferrousforge.api.app import create_app
+    from ferrousforge.models.registry import model_specs
+    from ferrousforge.settings import ServerSettings
+
+    _pull(REPO, capsys)
+    settings = ServerSettings(ctx_size=512, parallel=1, threads=2)
+    name = f"{REPO}:Q4_K_M"
+    specs = model_specs(settings)
+    assert [(s.id, s.preload) for s in specs][1:] == [(name, False)]  # after the default
+    assert [s.id for s in model_specs(ServerSettings(pulled_models=False))] == [specs[0].id]
+    with TestClient(create_app(settings, specs)) as c:
+        for _ in range(600):
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        listed = {m["id"]: m["status"] for m in c.get("/v1/models").json()["data"]}
+        assert listed[name] == "unloaded"
+        body = {"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.json()["model"] == name
+        assert {m["id"]: m["status"] for m in c.get("/v1/models").json()["data"]}[name] == "loaded"

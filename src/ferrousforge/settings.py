@@ -130,6 +130,11 @@ class ServerSettings(BaseSettings):
         description="serve every .gguf under this folder too (named by file stem; split "
         "models by their first part), each loaded on its first request",
     )
+    pulled_models: bool = Field(
+        True,
+        description="also serve every model pulled with `ferrousforge pull` (in the Hugging "
+        "Face cache), named REPO:QUANT, each loaded on its first request (not with --model)",
+    )
     max_loaded_models: int = Field(
         0,
         ge=0,

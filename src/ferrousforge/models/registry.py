@@ -134,7 +134,8 @@ def model_specs(
     progress: Callable[[float], None] | None = None,
 ) -> list[ModelSpec]:
     """--model if given, else every configured model, else the bundled default (unless
-    --models-dir alone is given); then every model under --models-dir."""
+    --models-dir alone is given); then every model under --models-dir; then, without
+    --model, every pulled model."""
     specs = _named_specs(settings, models or [], progress)
     if settings.models_dir is not None:
         taken = {s.id for s in specs}
@@ -143,6 +144,26 @@ def model_specs(
         if not specs and not found:
             raise ValueError(f"models_dir: no .gguf model files under '{folder}'")
         specs += found
+    if settings.pulled_models and settings.model is None:  # --model: that model alone
+        specs += pulled_specs(settings, specs, progress)
+    return specs
+
+
+def pulled_specs(
+    settings: ServerSettings,
+    taken: list[ModelSpec],
+    progress: Callable[[float], None] | None = None,
+) -> list[ModelSpec]:
+    """A spec (loaded on demand, named REPO:QUANT) for every model ``ferrousforge pull``
+    put in the Hugging Face cache that no other spec serves already."""
+    ids = {s.id for s in taken}
+    paths = {s.path.resolve() for s in taken}
+    specs = []
+    for m in hub.pulled_models():
+        if m.name in ids or m.path.resolve() in paths:
+            continue
+        config = backend_config(settings, None, progress)
+        specs.append(ModelSpec(m.name, m.path, config, preload=False))
     return specs
 
 
