@@ -15,28 +15,14 @@ from ferrousforge.inference.backends.llama_cpp.library import (
     native_guard,
 )
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
+from ferrousforge.inference.memory import KV_TYPE_IDS, SWA_FULL, context_cells
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
-_KV_TYPES = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
-DEFAULT_SEQ_CONTEXT = 2048
 
 
 def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
     """Total KV cells: the configured size, or a default per sequence times the slots."""
-    if config.context_size:
-        return config.context_size
-    per_seq = min(model.n_ctx_train or DEFAULT_SEQ_CONTEXT, DEFAULT_SEQ_CONTEXT)
-    return per_seq * config.max_parallel
+    return context_cells(config, model.n_ctx_train)
 
 
 class LlamaContext(NativeHandle):
@@ -58,8 +44,9 @@ class LlamaContext(NativeHandle):
         p.n_threads = config.num_threads
         p.n_threads_batch = config.num_threads_batch or config.num_threads
         p.flash_attn_type = _FLASH[config.flash_attention]
-        p.type_k = _KV_TYPES[config.cache_type_k]
-        p.type_v = _KV_TYPES[config.cache_type_v]
+        p.type_k = KV_TYPE_IDS[config.cache_type_k]
+        p.type_v = KV_TYPE_IDS[config.cache_type_v]
+        p.swa_full = SWA_FULL  # what the memory estimate assumes
         # Separate streams by default: each sequence attends over its own cells only,
         # so batched decode stays fast and a sequence's output does not depend on
         # what else is in the batch (a unified pool places cells by arrival order).
