@@ -43,7 +43,7 @@ def llama_cpp_figures(caplog, **config) -> dict[str, float]:
 @pytest.mark.parametrize(
     "config",
     [
-        {},  # the server's defaults: 8 slots of 2048
+        {"context_size": 16384},  # 8 slots (the default) of 2048
         {"max_parallel": 1, "context_size": 8192},
         {"max_parallel": 4, "context_size": 3000, "batch_size": 256, "ubatch_size": 256},
         {"max_parallel": 2, "context_size": 4096, "kv_unified": True, "cache_type_k": "q8_0"},

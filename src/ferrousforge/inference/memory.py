@@ -31,7 +31,11 @@ from ferrousforge.inference.gguf import GGML_TYPE_SIZES, GGUFInfo, read_gguf
 
 # llama.cpp pads n_ctx and each sequence's share of it to this many cells (llama-context.cpp).
 CELL_PAD = 256
-DEFAULT_SEQ_CONTEXT = 2048  # per sequence when nothing else decides (the old fixed default)
+# Per sequence when nothing else decides, and the least --ctx-size 0 gives without an
+# explicit budget (unless the model was trained on less).
+DEFAULT_SEQ_CONTEXT = 2048
+# Without a memory budget, one model may take this share of the RAM available at load time.
+DEFAULT_RAM_FRACTION = 0.5
 # LlamaContext keeps llama.cpp's default full-size SWA cache: a sequence can then be rolled
 # back to any position, which the prefix cache relies on.
 SWA_FULL = True
@@ -185,13 +189,84 @@ def _pad(n: int) -> int:
     return -(-n // CELL_PAD) * CELL_PAD
 
 
-def context_cells(config: BackendConfig, n_ctx_train: int) -> int:
-    """KV cells LlamaContext asks llama.cpp for: the configured size, or a default per
-    sequence (min(training context, 2048)) times the slots."""
+@dataclass(frozen=True, slots=True)
+class ContextChoice:
+    """The KV cells a context gets, and why (said in the load log)."""
+
+    n_ctx: int  # cells to ask llama.cpp for (all sequences)
+    per_seq: int  # what each sequence was sized for
+    reason: str
+
+
+def available_memory_bytes() -> int | None:
+    """RAM available for new allocations (/proc/meminfo's MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_context(
+    info: GGUFInfo, config: BackendConfig, weights: int, available: int | None = None
+) -> ContextChoice:
+    """Cells for a context: ``config.context_size`` if set, else per sequence the model's
+    training context, as far as the memory budget allows.
+
+    The budget is ``config.memory_budget_bytes``, else DEFAULT_RAM_FRACTION of
+    ``available`` (MemAvailable when not given); it must hold this model's weights, KV and
+    compute buffers (``estimate_for``). Without an explicit budget a sequence never gets
+    less than the old default, min(training context, 2048).
+    """
+    shape = ModelShape.from_gguf(info)
+    train = shape.n_ctx_train or DEFAULT_SEQ_CONTEXT
+    n_seq = config.max_parallel
     if config.context_size:
-        return config.context_size
-    per_seq = min(n_ctx_train or DEFAULT_SEQ_CONTEXT, DEFAULT_SEQ_CONTEXT)
-    return per_seq * config.max_parallel
+        n = config.context_size
+        return ContextChoice(n, max(1, n // n_seq), f"context_size={n} (set)")
+    floor = min(train, DEFAULT_SEQ_CONTEXT)
+    budget = config.memory_budget_bytes
+    if budget is not None:
+        source, floor = f"memory budget {_gib(budget)}", min(train, CELL_PAD)
+    else:
+        available = available if available is not None else available_memory_bytes()
+        if available is None:
+            return ContextChoice(floor * n_seq, floor, "available memory unknown")
+        budget = int(available * DEFAULT_RAM_FRACTION)
+        source = f"{DEFAULT_RAM_FRACTION:.0%} of {_gib(available)} available RAM"
+
+    def fits(per_seq: int) -> bool:
+        return estimate_for(info, config, weights, per_seq * n_seq).total_bytes <= budget
+
+    if fits(train):
+        per_seq, verdict = train, "the training context fits"
+    else:
+        # the largest multiple of 256 that fits (the estimate grows with the cells)
+        lo, hi = 0, train // CELL_PAD
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid * CELL_PAD) else (lo, mid - 1)
+        per_seq, verdict = lo * CELL_PAD, "capped by the budget"
+        if per_seq < floor:
+            per_seq, verdict = floor, f"the budget holds less; using the minimum {floor}"
+    total = estimate_for(info, config, weights, per_seq * n_seq).total_bytes
+    reason = (
+        f"training context {train}, {source}: {per_seq} per sequence x {n_seq} "
+        f"({verdict}; estimated {_gib(total)} with weights)"
+    )
+    return ContextChoice(per_seq * n_seq, per_seq, reason)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def llama_cells(n_ctx: int, n_seq_max: int, unified: bool) -> tuple[int, int]:
@@ -204,8 +279,9 @@ def llama_cells(n_ctx: int, n_seq_max: int, unified: bool) -> tuple[int, int]:
     return n_ctx_seq * n_seq_max, n_ctx_seq
 
 
-def split_parts(path: Path) -> list[Path]:
+def split_parts(path: Path | str) -> list[Path]:
     """Every file of a split GGUF (``-00001-of-0000N.gguf``) given any part, else [path]."""
+    path = Path(path)
     m = _SPLIT.match(path.name)
     if not m:
         return [path]
@@ -217,11 +293,13 @@ def split_parts(path: Path) -> list[Path]:
     return parts
 
 
-def weights_bytes(path: Path) -> int:
-    """Tensor data bytes over every part of the model file."""
+def weights_bytes(path: Path | str, header: GGUFInfo | None = None) -> int:
+    """Tensor data bytes over every part of the model file (``header``: ``path``'s, if
+    already read: a header with a large vocabulary takes a while to read)."""
     total = 0
     for part in split_parts(path):
-        for t in read_gguf(part).tensors:
+        info = header if header is not None and header.path == part else read_gguf(part)
+        for t in info.tensors:
             size = t.n_bytes()
             if size is None:
                 raise ModelLoadError(f"{part}: tensor {t.name} has an unknown ggml type")
@@ -271,7 +349,7 @@ def estimate_for(
 ) -> MemoryEstimate:
     """The estimate for a parsed header, its weights' size and (optionally) a cell count."""
     shape = ModelShape.from_gguf(info)
-    cells = n_ctx if n_ctx is not None else context_cells(config, shape.n_ctx_train)
+    cells = n_ctx if n_ctx is not None else choose_context(info, config, weights).n_ctx
     n_ctx, n_ctx_seq = llama_cells(cells, config.max_parallel, config.kv_unified)
     return MemoryEstimate(
         weights_bytes=weights,
@@ -283,11 +361,12 @@ def estimate_for(
 
 
 def estimate_memory(path: Path, config: BackendConfig) -> MemoryEstimate:
-    """Memory the model at ``path`` will take when loaded with ``config``, before loading it.
+    """Memory the model at ``path`` will take when loaded with ``config``, before loading it
+    (with ``context_size`` 0, for the context ``choose_context`` picks now).
 
     Reads only GGUF headers (every part of a split file). Raises ModelLoadError for a file
     that is missing or not a GGUF.
     """
     path = Path(path)
-    parts = split_parts(path)
-    return estimate_for(read_gguf(parts[0]), config, weights_bytes(path))
+    first = read_gguf(split_parts(path)[0])
+    return estimate_for(first, config, weights_bytes(path, first))

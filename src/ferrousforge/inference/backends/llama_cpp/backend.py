@@ -35,6 +35,7 @@ from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
 from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
 from ferrousforge.inference.backends.llama_cpp.shared_model import ModelLease, SharedModels
 from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
+from ferrousforge.inference.memory import choose_context, weights_bytes
 
 if TYPE_CHECKING:
     from ferrousforge.chat.plan import ChatPlan, ChatSpec
@@ -121,10 +122,11 @@ class LlamaCppBackend:
         lib = load_library(config.library_path)
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
+        choice = choose_context(gguf, config, weights_bytes(path, gguf))
         lease = self.shared_models.acquire(lib, path, config, acc)
         model = lease.model
         try:
-            context = LlamaContext(lib, model, config)
+            context = LlamaContext(lib, model, config, choice.n_ctx)
         except BaseException:
             lease.release()
             raise
@@ -147,11 +149,13 @@ class LlamaCppBackend:
         loaded = LoadedModel(handle, gguf, config, lease, context, engine)
         self._models[handle.id] = loaded
         log.info(
-            "loaded %s: %s, n_ctx=%d, %d parallel sequences",
+            "loaded %s: %s, n_ctx=%d (%d per sequence), %d parallel sequences; context: %s",
             path.name,
             model.description,
             context.n_ctx,
+            context.n_ctx_seq,
             context.n_seq_max,
+            choice.reason,
         )
         return loaded
 

@@ -15,14 +15,18 @@ from ferrousforge.inference.backends.llama_cpp.library import (
     native_guard,
 )
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
-from ferrousforge.inference.memory import KV_TYPE_IDS, SWA_FULL, context_cells
+from ferrousforge.inference.gguf import read_gguf
+from ferrousforge.inference.memory import KV_TYPE_IDS, SWA_FULL, choose_context, weights_bytes
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
 
 
 def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
-    """Total KV cells: the configured size, or a default per sequence times the slots."""
-    return context_cells(config, model.n_ctx_train)
+    """Total KV cells: the configured size, or what ``choose_context`` picks for the model."""
+    if config.context_size:
+        return config.context_size
+    info = read_gguf(model.path)
+    return choose_context(info, config, weights_bytes(model.path, info)).n_ctx
 
 
 class LlamaContext(NativeHandle):
@@ -33,11 +37,14 @@ class LlamaContext(NativeHandle):
 
     _what = "context"
 
-    def __init__(self, lib: ModuleType, model: LlamaModel, config: BackendConfig) -> None:
+    def __init__(
+        self, lib: ModuleType, model: LlamaModel, config: BackendConfig, n_ctx: int | None = None
+    ) -> None:
+        """``n_ctx``: the cells to create (default: ``context_size_for``)."""
         super().__init__(lib)
         self.model = model
         p = lib.llama_context_default_params()
-        p.n_ctx = context_size_for(config, model)
+        p.n_ctx = n_ctx or context_size_for(config, model)
         p.n_batch = config.batch_size
         p.n_ubatch = min(config.ubatch_size, config.batch_size)
         p.n_seq_max = config.max_parallel
