@@ -81,7 +81,8 @@ class ServerSettings(BaseSettings):
         0,
         ge=0,
         description="total KV cache in tokens, split evenly across the --parallel sequences "
-        "(0: min(model's, 2048) per sequence)",
+        "(0: the model's training context per sequence, as far as half the available RAM "
+        "holds it, never below min(model's, 2048); the load log says what was chosen)",
     )
     kv_unified: bool = Field(
         False,
