@@ -88,6 +88,11 @@ def backend_config(
         draft_max_batch=settings.draft_max_batch,
         progress_callback=progress,
     )
+    budget = settings.memory_budget_bytes
+    if budget is not None:
+        # --ctx-size 0 sizes each model's context to fit: with --max-loaded-models N,
+        # to its 1/N share of the budget, so that N of them can be loaded together.
+        kwargs["memory_budget_bytes"] = budget // max(1, settings.max_loaded_models)
     threads = pick("threads")
     if threads is not None:
         kwargs["num_threads"] = threads
