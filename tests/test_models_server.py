@@ -175,7 +175,7 @@ def test_streams_with_keep_alive_zero_complete_and_then_the_model_unloads(server
             max_tokens=8,
             logprobs=True,
             stream=True,
-            extra_body={"keep_alive": 0},
+            extra_body={"keep_alive": 0, "ignore_eos": True},
         )
         chunks = []
         for chunk in stream:
