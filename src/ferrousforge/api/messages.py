@@ -221,7 +221,9 @@ def _tool_use(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def _stop(job: ChatJob, body: MessagesRequest, finish: str | None, called: bool) -> tuple:
+def _stop(
+    job: ChatJob, body: MessagesRequest, finish: str | None, called: bool
+) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) of a finished choice."""
     if called:
         return "tool_use", None
