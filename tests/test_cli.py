@@ -26,7 +26,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("command", ["serve", "run", "chat", "info", "doctor"])
+@pytest.mark.parametrize(
+    "command", ["serve", "run", "chat", "info", "doctor", "pull", "list", "rm"]
+)
 def test_help_has_examples(command: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

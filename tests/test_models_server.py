@@ -175,7 +175,7 @@ def test_streams_with_keep_alive_zero_complete_and_then_the_model_unloads(server
             max_tokens=8,
             logprobs=True,
             stream=True,
-            extra_body={"keep_alive": 0},
+            extra_body={"keep_alive": 0, "ignore_eos": True},
         )
         chunks = []
         for chunk in stream:
@@ -189,3 +189,35 @@ def test_streams_with_keep_alive_zero_complete_and_then_the_model_unloads(server
             break
         time.sleep(0.05)
     assert statuses(server.url)["beta"] == "unloaded"
+
+
+@pytest.fixture(scope="module")
+def copies_dir(tmp_path_factory, model_path: Path) -> Path:
+    """Three separate files (copies, not links: aliases of one file share their weights)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("copies")
+    for name in NAMES:
+        shutil.copyfile(model_path, folder / f"{name}.gguf")
+    return folder
+
+
+def test_a_memory_budget_keeps_the_loaded_estimate_under_it(copies_dir: Path):
+    from ferrousforge.inference.backend import BackendConfig
+    from ferrousforge.models.memory import estimate_memory
+
+    one = estimate_memory(
+        copies_dir / "alpha.gguf", BackendConfig(context_size=512, max_parallel=1)
+    ).total_bytes
+    budget = int(one * 2.5)  # room for two of the three
+    args = ["--models-dir", str(copies_dir), "--memory-budget", str(budget)]
+    with live_server(*args, "--parallel", "1", "--ctx-size", "512") as s:
+        assert metric(s.url, "memory_budget_bytes") == budget
+        c = client(s.url)
+        for name in (*NAMES, *NAMES):
+            ask(c, name)
+            assert 0 < metric(s.url, "models_loaded_bytes") <= budget
+            assert metric(s.url, "models_loaded") <= 2
+        assert metric(s.url, EVICTED) >= 4  # every load after the second evicted one
+        loaded = [m for m, st in statuses(s.url).items() if st == "loaded"]
+        assert sorted(loaded) == ["beta", "gamma"]  # the two most recently used

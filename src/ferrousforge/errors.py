@@ -85,3 +85,21 @@ class GrammarError(FerrousForgeError, ValueError):
 
 class SamplingBudgetError(FerrousForgeError):
     """Sampling one token of a request took longer than the per-token budget."""
+
+
+class ModelNotPulledError(ModelNotFoundError):
+    """A Hugging Face model (REPO[:QUANT]) is not in the local cache and pulling was not allowed."""
+
+
+class QuantNotFoundError(ModelNotFoundError):
+    """No GGUF file of a Hugging Face repo matches the quantization (or file) asked for."""
+
+    def __init__(self, message: str, repo_id: str, quant: str, available: list[str]) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.quant = quant
+        self.available = available
+
+
+class ModelDownloadError(FerrousForgeError):
+    """The Hugging Face Hub could not be reached, refused access, or offline mode forbids it."""

@@ -67,6 +67,11 @@ class ServerSettings(BaseSettings):
         description="model path or alias to serve (default: the bundled model, or every "
         "model in --config)",
     )
+    pull: bool = Field(
+        False,
+        description="download a Hugging Face model named REPO[:QUANT] that is not in the cache "
+        "yet (off: such a name must be pulled first with `ferrousforge pull`)",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     api_key: Annotated[list[str], NoDecode] = Field(
@@ -80,7 +85,8 @@ class ServerSettings(BaseSettings):
         0,
         ge=0,
         description="total KV cache in tokens, split evenly across the --parallel sequences "
-        "(0: min(model's, 2048) per sequence)",
+        "(0: the model's training context per sequence, as far as half the available RAM "
+        "holds it, never below min(model's, 2048); the load log says what was chosen)",
     )
     kv_unified: bool = Field(
         False,
@@ -128,6 +134,11 @@ class ServerSettings(BaseSettings):
         None,
         description="serve every .gguf under this folder too (named by file stem; split "
         "models by their first part), each loaded on its first request",
+    )
+    pulled_models: bool = Field(
+        True,
+        description="also serve every model pulled with `ferrousforge pull` (in the Hugging "
+        "Face cache), named REPO:QUANT, each loaded on its first request (not with --model)",
     )
     max_loaded_models: int = Field(
         0,

@@ -6,7 +6,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferrousforge.api.errors import error_response
+from ferrousforge.api.errors import error_response, shaped_for
 from ferrousforge.errors import AuthenticationError
 
 OPEN_PATHS = frozenset({"/health"})
@@ -39,11 +39,11 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
         key = presented_key(scope)
+        exc = None
         if key is None:
             exc = AuthenticationError("missing API key: send 'Authorization: Bearer KEY'")
-            return await error_response(exc)(scope, receive, send)
-        if not any(hmac.compare_digest(key.encode(), k) for k in self.keys):
-            return await error_response(AuthenticationError("invalid API key"))(
-                scope, receive, send
-            )
+        elif not any(hmac.compare_digest(key.encode(), k) for k in self.keys):
+            exc = AuthenticationError("invalid API key")
+        if exc is not None:
+            return await shaped_for(scope["path"], error_response(exc))(scope, receive, send)
         await self.app(scope, receive, send)

@@ -118,6 +118,20 @@ def _is_text(fmt: ResponseFormat | None) -> bool:
     return fmt is None or isinstance(fmt, TextFormat)
 
 
+def chat_prompt(
+    req: ChatCompletionRequest,
+    backend: LlamaCppBackend,
+    lm: LoadedModel,
+    model: ModelSpec,
+    spec: ChatSpec,
+) -> tuple[ChatPlan, Prompt]:
+    """The request rendered with its tools, and its token ids: what generation counts (and
+    what the Messages API's count_tokens answers)."""
+    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=model.chat_template)
+    plan = backend.plan_chat(lm.handle, chat, spec)
+    return plan, Prompt(plan.prompt, backend.tokenize(lm.handle, plan.prompt))
+
+
 def start(
     req: ChatCompletionRequest,
     backend: LlamaCppBackend,
@@ -133,9 +147,7 @@ def start(
     check_capacity(lm, 1, req.n)
     spec = tool_spec(req, settings, model)
     grammar = grammar_for(req.response_format)
-    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=model.chat_template)
-    plan = backend.plan_chat(lm.handle, chat, spec)
-    prompt = Prompt(plan.prompt, backend.tokenize(lm.handle, plan.prompt))
+    plan, prompt = chat_prompt(req, backend, lm, model, spec)
     top = req.top_logprobs if req.top_logprobs is not None else 0
 
     def plan_for(p: Prompt) -> GenerationPlan:
@@ -153,7 +165,9 @@ def start(
         return gen
 
     streams, gen = submit(backend, lm, [prompt], plan_for, req.n, loop)
-    return ChatJob(model_id, lm, [prompt], streams, gen, req.n, plan, req.functions is not None)
+    return ChatJob(
+        model_id, lm, [prompt], streams, gen, req.n, chat=plan, legacy=req.functions is not None
+    )
 
 
 def _message(job: ChatJob, msg: ParsedMessage) -> dict[str, Any]:

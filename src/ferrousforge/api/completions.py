@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -44,7 +44,7 @@ class Job:
     n: int
     # Called once when the job ends: gives back the model lease (the response still reads
     # the model's vocabulary after the engine is done, so it must stay loaded until then).
-    release: Callable[[], None] | None = None
+    release: Callable[[], None] | None = field(default=None, kw_only=True)
 
     def prompt_of(self, choice: int) -> Prompt:
         return self.prompts[choice // self.n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -78,6 +79,42 @@ def error_response(exc: BaseException) -> JSONResponse:
     )
 
 
+# Anthropic's Messages API answers its errors in its own shape, with the error type its SDK
+# reads; the status comes from ERROR_MAP, except overloaded: Anthropic's 529 (the SDK's
+# OverloadedError). Other 5xx are "api_error" (503: the SDK's ServiceUnavailableError).
+ANTHROPIC_PATH = "/v1/messages"
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str, code: str | None = None) -> tuple[int, dict]:
+    """(status, body) of an error in Anthropic's shape ``{"type": "error", "error": ...}``."""
+    if code == "overloaded":
+        status = 529
+    type_ = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return status, {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def shaped_for(path: str, response: JSONResponse) -> JSONResponse:
+    """``response`` (OpenAI's shape) as the API at ``path`` shapes its errors."""
+    if path != ANTHROPIC_PATH and not path.startswith(ANTHROPIC_PATH + "/"):
+        return response
+    err = json.loads(response.body)["error"]
+    status, body = anthropic_error(response.status_code, err["message"], err.get("code"))
+    headers = {
+        k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def _is_union_tag(part: object) -> bool:
     """pydantic names the union member an error came from ('list[int]', 'TextPart'...)."""
     return isinstance(part, str) and (
@@ -118,7 +155,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error the app can produce leaves in OpenAI's shape."""
+    """Every error the app can produce leaves in OpenAI's shape (Anthropic's on its paths)."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,19 +163,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if "json" not in request.headers.get("content-type", ""):
             # FastAPI parses JSON only with this header (a CSRF guard); say so plainly.
             message, param = "send the body as JSON with 'Content-Type: application/json'", None
-        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+        response = JSONResponse(error_body(message, "invalid_request_error", param), 400)
+        return shaped_for(request.url.path, response)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
+        response = JSONResponse(
             error_body(str(exc.detail), type_),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+        return shaped_for(request.url.path, response)
 
-    async def _mapped(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
+        return shaped_for(request.url.path, error_response(exc))
 
     # Handlers for our classes run in ExceptionMiddleware and end the request cleanly; the
     # catch-all for Exception runs in ServerErrorMiddleware, which re-raises after answering.

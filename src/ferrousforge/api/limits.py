@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferrousforge.api.auth import header
-from ferrousforge.api.errors import error_response
+from ferrousforge.api.errors import error_response, shaped_for
 from ferrousforge.errors import RequestTooLargeError
 
 
@@ -23,9 +23,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         too_large = RequestTooLargeError(f"request body exceeds {self.max_bytes} bytes")
+        refuse = shaped_for(scope["path"], error_response(too_large))
         length = header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await error_response(too_large)(scope, receive, send)
+            return await refuse(scope, receive, send)
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -34,7 +35,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             total += len(chunks[-1])
             if total > self.max_bytes:
-                return await error_response(too_large)(scope, receive, send)
+                return await refuse(scope, receive, send)
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False

@@ -23,6 +23,11 @@ def event(data: dict) -> bytes:
     return b"data: " + orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
 
 
+def named_event(name: str, data: dict) -> bytes:
+    """An ``event: name`` line, then its ``data:`` line (Anthropic's streams name each event)."""
+    return b"event: " + name.encode() + b"\n" + event(data)
+
+
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """After the headers are sent an error can only travel as an event; then [DONE]."""
     try:
@@ -52,6 +57,11 @@ class _SSEResponse(StreamingResponse):
             self._on_close()
 
 
-def sse_response(events: AsyncIterator[bytes], on_close: Callable[[], None]) -> StreamingResponse:
-    """Stream ``events``; ``on_close`` frees the request's slots when the response ends."""
-    return _SSEResponse(_guarded(events), on_close)
+def sse_response(
+    events: AsyncIterator[bytes], on_close: Callable[[], None], openai: bool = True
+) -> StreamingResponse:
+    """Stream ``events``; ``on_close`` frees the request's slots when the response ends.
+
+    ``openai``: an error becomes OpenAI's error event, and ``[DONE]`` ends the stream; without
+    it the events are sent as they are (they end themselves, errors included)."""
+    return _SSEResponse(_guarded(events) if openai else events, on_close)

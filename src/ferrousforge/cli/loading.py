@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -54,6 +55,12 @@ def add_model_arguments(p) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--ctx-size", type=int, default=4096, help="context size in tokens")
     g.add_argument(
+        "--pull",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="download a Hugging Face model REPO[:QUANT] not pulled yet [env FERROUSFORGE_PULL]",
+    )
+    g.add_argument(
         "--llama-lib",
         default=None,
         metavar="PATH",
@@ -74,8 +81,10 @@ def load_cli_model(model: str | None, args, parallel: int = 1):
     from ferrousforge.inference.backend import AcceleratorType, BackendConfig
     from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
     from ferrousforge.models.registry import resolve_model_path
+    from ferrousforge.settings import load_settings
 
-    mid, path = resolve_model_path(model)
+    # --pull over FERROUSFORGE_PULL over the default, as for `serve`
+    mid, path = resolve_model_path(model, pull=load_settings({"pull": args.pull}).pull)
     progress = LoadProgress(mid)
     kwargs = dict(
         context_size=args.ctx_size,

@@ -8,10 +8,13 @@ import logging
 import sys
 
 from ferrousforge import __version__
-from ferrousforge.cli import chat, doctor, info, run, serve
+from ferrousforge.cli import chat, doctor, info, models, run, serve
 
 EPILOG = """examples:
   ferrousforge run "Why is the sky blue?"       answer one prompt with the bundled model
+  ferrousforge pull bartowski/SmolLM2-135M-Instruct-GGUF:Q8_0
+                                                download a model from the Hugging Face Hub
+  ferrousforge list                             pulled models: size, quant, architecture
   ferrousforge chat ./model.gguf                chat interactively
   ferrousforge serve --port 8080                OpenAI-compatible server
   ferrousforge info ./model.gguf                GGUF metadata
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     chat.register(sub)
     info.register(sub)
+    models.register(sub)
     doctor.register(sub)
     _register_optional(sub, "ferrousforge.bench.cli")
     return parser
@@ -56,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # serve logs loading and readiness; run/chat show a progress bar on a terminal instead.
+    # serve logs loading and readiness; run/chat/pull show a progress bar on a terminal instead.
     if not args.verbose and (
-        args.command == "serve" or (args.command in ("run", "chat") and not sys.stderr.isatty())
+        args.command == "serve"
+        or (args.command in ("run", "chat", "pull") and not sys.stderr.isatty())
     ):
         logging.getLogger("ferrousforge").setLevel(logging.INFO)
     return int(args.func(args) or 0)

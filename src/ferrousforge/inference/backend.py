@@ -53,7 +53,9 @@ class BackendConfig:
 
     ``context_size`` is the total KV cache in tokens, split evenly across the
     ``max_parallel`` sequences as in llama-server (each request gets
-    context_size / max_parallel); 0 means min(training context, 2048) per sequence.
+    context_size / max_parallel); 0 sizes each sequence for the model's training
+    context, as far as ``memory_budget_bytes`` allows (None: half the RAM available at
+    load time, and never less than min(training context, 2048)).
     ``kv_unified`` instead pools all cells (one request may use them all), at the
     cost of slower batched attention and outputs that depend on batch composition.
     """
@@ -61,6 +63,7 @@ class BackendConfig:
     num_threads: int = field(default_factory=_default_threads)
     num_threads_batch: int | None = None  # None: same as num_threads
     context_size: int = 0
+    memory_budget_bytes: int | None = None  # for weights + KV + compute when context_size=0
     batch_size: int = 512  # n_batch: tokens per llama_decode
     ubatch_size: int = 512  # n_ubatch: physical micro-batch
     max_parallel: int = 8  # n_seq_max: sequences decoded together
@@ -108,6 +111,11 @@ class BackendConfig:
                 ">= 1",
             ),
             (self.context_size >= 0, "context_size", ">= 0 (0: from the model)"),
+            (
+                self.memory_budget_bytes is None or self.memory_budget_bytes > 0,
+                "memory_budget_bytes",
+                "> 0 (None: from the available RAM)",
+            ),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.ubatch_size >= 1, "ubatch_size", ">= 1"),
             (1 <= self.max_parallel <= 256, "max_parallel", "between 1 and 256"),

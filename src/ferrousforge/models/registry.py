@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ferrousforge.errors import ModelNotFoundError
 from ferrousforge.inference.backend import BackendConfig
+from ferrousforge.models import hub
 from ferrousforge.models.default_model import (
     DEFAULT_MODEL_ALIAS,
     bundled_model_path,
@@ -36,9 +37,10 @@ class ModelSpec:
 
 
 def resolve_model_path(
-    name: str | None, models: list[ModelSettings] | None = None
+    name: str | None, models: list[ModelSettings] | None = None, pull: bool = False
 ) -> tuple[str, Path]:
-    """(id, path) for a CLI model argument: a configured alias, the default alias, or a path.
+    """(id, path) for a CLI model argument: a configured alias, the default alias, a path,
+    or a Hugging Face name REPO[:QUANT] (from the cache; downloaded first if ``pull``).
 
     None is the default model, named after the file actually used (see default_model).
     """
@@ -50,6 +52,8 @@ def resolve_model_path(
     if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
         return DEFAULT_MODEL_ALIAS, bundled_model_path()
     path = Path(name).expanduser()
+    if not path.exists() and hub.parse_ref(name) is not None:
+        return name, hub.resolve(name, pull_missing=pull).path
     if not path.exists():
         raise ModelNotFoundError(
             f"model '{name}': no such file and no such alias (known aliases: "
@@ -86,6 +90,11 @@ def backend_config(
         embedding_batch=settings.embedding_batch,
         progress_callback=progress,
     )
+    budget = settings.memory_budget_bytes
+    if budget is not None:
+        # --ctx-size 0 sizes each model's context to fit: with --max-loaded-models N,
+        # to its 1/N share of the budget, so that N of them can be loaded together.
+        kwargs["memory_budget_bytes"] = budget // max(1, settings.max_loaded_models)
     threads = pick("threads")
     if threads is not None:
         kwargs["num_threads"] = threads
@@ -132,7 +141,8 @@ def model_specs(
     progress: Callable[[float], None] | None = None,
 ) -> list[ModelSpec]:
     """--model if given, else every configured model, else the bundled default (unless
-    --models-dir alone is given); then every model under --models-dir."""
+    --models-dir alone is given); then every model under --models-dir; then, without
+    --model, every pulled model."""
     specs = _named_specs(settings, models or [], progress)
     if settings.models_dir is not None:
         taken = {s.id for s in specs}
@@ -141,6 +151,26 @@ def model_specs(
         if not specs and not found:
             raise ValueError(f"models_dir: no .gguf model files under '{folder}'")
         specs += found
+    if settings.pulled_models and settings.model is None:  # --model: that model alone
+        specs += pulled_specs(settings, specs, progress)
+    return specs
+
+
+def pulled_specs(
+    settings: ServerSettings,
+    taken: list[ModelSpec],
+    progress: Callable[[float], None] | None = None,
+) -> list[ModelSpec]:
+    """A spec (loaded on demand, named REPO:QUANT) for every model ``ferrousforge pull``
+    put in the Hugging Face cache that no other spec serves already."""
+    ids = {s.id for s in taken}
+    paths = {s.path.resolve() for s in taken}
+    specs = []
+    for m in hub.pulled_models():
+        if m.name in ids or m.path.resolve() in paths:
+            continue
+        config = backend_config(settings, None, progress)
+        specs.append(ModelSpec(m.name, m.path, config, preload=False))
     return specs
 
 
@@ -152,7 +182,7 @@ def _named_specs(
     if settings.model is None and not models and settings.models_dir is not None:
         return []
     if settings.model is not None or not models:
-        mid, path = resolve_model_path(settings.model, models)
+        mid, path = resolve_model_path(settings.model, models, pull=settings.pull)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
         return [
             ModelSpec(

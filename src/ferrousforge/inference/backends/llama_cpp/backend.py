@@ -38,8 +38,10 @@ from ferrousforge.inference.backends.llama_cpp.library import library_info, load
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
 from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
 from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
+from ferrousforge.inference.backends.llama_cpp.shared_model import ModelLease, SharedModels
 from ferrousforge.inference.embedding import EmbeddingResult, finish_vectors, fit_inputs
 from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
+from ferrousforge.inference.memory import choose_context, weights_bytes
 
 if TYPE_CHECKING:
     from ferrousforge.chat.plan import ChatPlan, ChatSpec
@@ -55,9 +57,13 @@ class LoadedModel:
     handle: ModelHandle
     info: GGUFInfo
     config: BackendConfig
-    model: LlamaModel
+    lease: ModelLease  # the weights, shared with other loads of the same file
     context: LlamaContext
     engine: Engine
+
+    @property
+    def model(self) -> LlamaModel:
+        return self.lease.model
 
     @property
     def vocab(self):
@@ -83,7 +89,7 @@ class LoadedModel:
         if self.engine.embedder is not None:
             self.engine.embedder.close()
         self.context.close()
-        self.model.close()
+        self.lease.release()  # frees the weights if no other load uses them
 
 
 def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
@@ -104,6 +110,7 @@ class LlamaCppBackend:
 
     def __init__(self) -> None:
         self._models: dict[int, LoadedModel] = {}
+        self.shared_models = SharedModels()
 
     # ---- loading ---------------------------------------------------------------
 
@@ -123,32 +130,41 @@ class LlamaCppBackend:
         lib = load_library(config.library_path)
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
-        model = LlamaModel(lib, path, config, acc)
+        choice = choose_context(gguf, config, weights_bytes(path, gguf))
+        lease = self.shared_models.acquire(lib, path, config, acc)
+        model = lease.model
         try:
-            context = LlamaContext(lib, model, config)
+            context = LlamaContext(lib, model, config, choice.n_ctx)
         except BaseException:
-            model.close()
+            lease.release()
             raise
-        engine = Engine(
-            LlamaRunner(context),
-            model.vocab.piece,
-            max_waiting=config.max_waiting,
-            prefix_cache=config.prefix_cache,
-            host_cache_bytes=config.cache_ram_mib * MIB,
-            name=path.stem,
-            sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
-            spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
-            embedder_factory=lambda: LlamaEmbedder(lib, model, config),
-        )
+        try:
+            engine = Engine(
+                LlamaRunner(context),
+                model.vocab.piece,
+                max_waiting=config.max_waiting,
+                prefix_cache=config.prefix_cache,
+                host_cache_bytes=config.cache_ram_mib * MIB,
+                name=path.stem,
+                sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
+                spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
+                embedder_factory=lambda: LlamaEmbedder(lib, model, config),
+            )
+        except BaseException:
+            context.close()
+            lease.release()
+            raise
         handle = ModelHandle(next(_handle_ids), path, self.name)
-        loaded = LoadedModel(handle, gguf, config, model, context, engine)
+        loaded = LoadedModel(handle, gguf, config, lease, context, engine)
         self._models[handle.id] = loaded
         log.info(
-            "loaded %s: %s, n_ctx=%d, %d parallel sequences",
+            "loaded %s: %s, n_ctx=%d (%d per sequence), %d parallel sequences; context: %s",
             path.name,
             model.description,
             context.n_ctx,
+            context.n_ctx_seq,
             context.n_seq_max,
+            choice.reason,
         )
         return loaded
 

@@ -15,28 +15,18 @@ from ferrousforge.inference.backends.llama_cpp.library import (
     native_guard,
 )
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
+from ferrousforge.inference.gguf import read_gguf
+from ferrousforge.inference.memory import KV_TYPE_IDS, SWA_FULL, choose_context, weights_bytes
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
-_KV_TYPES = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
-DEFAULT_SEQ_CONTEXT = 2048
 
 
 def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
-    """Total KV cells: the configured size, or a default per sequence times the slots."""
+    """Total KV cells: the configured size, or what ``choose_context`` picks for the model."""
     if config.context_size:
         return config.context_size
-    per_seq = min(model.n_ctx_train or DEFAULT_SEQ_CONTEXT, DEFAULT_SEQ_CONTEXT)
-    return per_seq * config.max_parallel
+    info = read_gguf(model.path)
+    return choose_context(info, config, weights_bytes(model.path, info)).n_ctx
 
 
 class LlamaContext(NativeHandle):
@@ -52,26 +42,29 @@ class LlamaContext(NativeHandle):
         lib: ModuleType,
         model: LlamaModel,
         config: BackendConfig,
+        n_ctx: int | None = None,
         *,
         pooling_type: int | None = None,
     ) -> None:
-        """``pooling_type`` (llama_pooling_type) makes an embeddings context: pooled
-        vectors per sequence instead of logits (see embedder.py)."""
+        """``n_ctx``: the cells to create (default: ``context_size_for``). ``pooling_type``
+        (llama_pooling_type) makes an embeddings context: pooled vectors per sequence
+        instead of logits (see embedder.py)."""
         super().__init__(lib)
         self.model = model
         p = lib.llama_context_default_params()
         if pooling_type is not None:
             p.embeddings = True
             p.pooling_type = pooling_type
-        p.n_ctx = context_size_for(config, model)
+        p.n_ctx = n_ctx or context_size_for(config, model)
         p.n_batch = config.batch_size
         p.n_ubatch = min(config.ubatch_size, config.batch_size)
         p.n_seq_max = config.max_parallel
         p.n_threads = config.num_threads
         p.n_threads_batch = config.num_threads_batch or config.num_threads
         p.flash_attn_type = _FLASH[config.flash_attention]
-        p.type_k = _KV_TYPES[config.cache_type_k]
-        p.type_v = _KV_TYPES[config.cache_type_v]
+        p.type_k = KV_TYPE_IDS[config.cache_type_k]
+        p.type_v = KV_TYPE_IDS[config.cache_type_v]
+        p.swa_full = SWA_FULL  # what the memory estimate assumes
         # Separate streams by default: each sequence attends over its own cells only,
         # so batched decode stays fast and a sequence's output does not depend on
         # what else is in the batch (a unified pool places cells by arrival order).
