@@ -185,11 +185,6 @@ async def test_encoder_and_pooling_match_a_numpy_forward_pass(bert_files):
     assert np.allclose(got, want, atol=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: the embedding context asks for 256 sequences but embedding_batch "
-    "(n_batch, llama.cpp's n_outputs_max) is smaller: GGML_ASSERT aborts the process",
-)
 def test_an_embedding_batch_under_256_tokens_does_not_abort(bert_files):
     # In a child process: the failure is a C abort, which would end the test run.
     code = textwrap.dedent(
@@ -271,11 +266,6 @@ def test_http_chat_on_an_encoder_is_a_clear_error_and_the_server_goes_on(mean_se
     assert httpx.get(mean_server.url + "/health", timeout=10).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: a BERT (no LM head, non-causal) generates from meaningless logits "
-    "with a 200 instead of refusing text generation",
-)
 def test_http_completions_on_an_encoder_are_refused(mean_server):
     r = _post(mean_server, "/v1/completions", {"prompt": "the cat", "max_tokens": 4})
     assert 400 <= r.status_code < 500, r.text
