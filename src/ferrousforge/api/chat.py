@@ -153,7 +153,9 @@ def start(
         return gen
 
     streams, gen = submit(backend, lm, [prompt], plan_for, req.n, loop)
-    return ChatJob(model_id, lm, [prompt], streams, gen, req.n, plan, req.functions is not None)
+    return ChatJob(
+        model_id, lm, [prompt], streams, gen, req.n, chat=plan, legacy=req.functions is not None
+    )
 
 
 def _message(job: ChatJob, msg: ParsedMessage) -> dict[str, Any]:
