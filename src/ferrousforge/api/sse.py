@@ -23,7 +23,7 @@ def event(data: dict) -> bytes:
     return b"data: " + orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
 
 
-async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(events: AsyncIterator[bytes], done: bool) -> AsyncIterator[bytes]:
     """After the headers are sent an error can only travel as an event; then [DONE]."""
     try:
         async for e in events:
@@ -31,7 +31,8 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except Exception as exc:
         body = json.loads(error_response(exc).body)
         yield event(body)
-    yield DONE
+    if done:
+        yield DONE
 
 
 class _SSEResponse(StreamingResponse):
@@ -52,6 +53,9 @@ class _SSEResponse(StreamingResponse):
             self._on_close()
 
 
-def sse_response(events: AsyncIterator[bytes], on_close: Callable[[], None]) -> StreamingResponse:
-    """Stream ``events``; ``on_close`` frees the request's slots when the response ends."""
-    return _SSEResponse(_guarded(events), on_close)
+def sse_response(
+    events: AsyncIterator[bytes], on_close: Callable[[], None], done: bool = True
+) -> StreamingResponse:
+    """Stream ``events``; ``on_close`` frees the request's slots when the response ends.
+    ``done``: end with ``data: [DONE]`` (Chat Completions do; the Responses API does not)."""
+    return _SSEResponse(_guarded(events, done), on_close)
