@@ -27,6 +27,10 @@ class ModelNotFoundError(FerrousForgeError):
     """A request named a model that is not configured or loaded."""
 
 
+class ResponseNotFoundError(FerrousForgeError):
+    """A request's ``previous_response_id`` names no response this server still holds."""
+
+
 class ChatTemplateError(FerrousForgeError):
     """The model has no chat template (and none was given) or it failed to render."""
 

@@ -18,6 +18,7 @@ from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
 from ferrousforge.api.openapi import install_openapi
+from ferrousforge.api.responses import router as responses_router
 from ferrousforge.api.routes import ServerState, router
 from ferrousforge.models.pool import ModelPool
 from ferrousforge.models.registry import ModelSpec
@@ -96,6 +97,7 @@ def create_app(
     app.include_router(router)
     app.include_router(embeddings.router)
     app.include_router(messages_router)
+    app.include_router(responses_router)
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the

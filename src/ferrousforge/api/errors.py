@@ -23,6 +23,7 @@ from ferrousforge.errors import (
     ModelNotReadyError,
     NativeCallError,
     RequestTooLargeError,
+    ResponseNotFoundError,
     SamplingBudgetError,
 )
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
     (AuthenticationError, 401, "invalid_request_error", "invalid_api_key"),
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (ResponseNotFoundError, 404, "invalid_request_error", "previous_response_not_found"),
     (ContextOverflowError, 400, "invalid_request_error", "context_length_exceeded"),
     (RequestTooLargeError, 413, "invalid_request_error", "request_too_large"),
     (EngineOverloadedError, 503, "server_error", "overloaded"),

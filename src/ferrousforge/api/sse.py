@@ -28,7 +28,7 @@ def named_event(name: str, data: dict) -> bytes:
     return b"event: " + name.encode() + b"\n" + event(data)
 
 
-async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(events: AsyncIterator[bytes], done: bool) -> AsyncIterator[bytes]:
     """After the headers are sent an error can only travel as an event; then [DONE]."""
     try:
         async for e in events:
@@ -36,7 +36,8 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except Exception as exc:
         body = json.loads(error_response(exc).body)
         yield event(body)
-    yield DONE
+    if done:
+        yield DONE
 
 
 class _SSEResponse(StreamingResponse):
@@ -58,10 +59,14 @@ class _SSEResponse(StreamingResponse):
 
 
 def sse_response(
-    events: AsyncIterator[bytes], on_close: Callable[[], None], openai: bool = True
+    events: AsyncIterator[bytes],
+    on_close: Callable[[], None],
+    openai: bool = True,
+    done: bool = True,
 ) -> StreamingResponse:
     """Stream ``events``; ``on_close`` frees the request's slots when the response ends.
 
-    ``openai``: an error becomes OpenAI's error event, and ``[DONE]`` ends the stream; without
-    it the events are sent as they are (they end themselves, errors included)."""
-    return _SSEResponse(_guarded(events) if openai else events, on_close)
+    ``openai``: an error becomes OpenAI's error event, and with ``done`` (Chat Completions;
+    not the Responses API) ``[DONE]`` ends the stream; without ``openai`` the events are
+    sent as they are (they end themselves, errors included: Anthropic's Messages)."""
+    return _SSEResponse(_guarded(events, done) if openai else events, on_close)
