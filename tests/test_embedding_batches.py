@@ -92,15 +92,18 @@ async def test_concurrent_requests_share_decodes(make_engine):
 async def test_generation_goes_on_between_embedding_decodes(make_engine):
     emb = FakeEmbedder(max_tokens=8, max_seqs=1)  # 40 decodes for this request
     engine = make_engine(emb)
+    steps: list[int] = []  # generation steps done when each embedding decode runs
+    inner = emb.embed
+    emb.embed = lambda inputs: (steps.append(engine.stats.decode_steps), inner(inputs))[1]
     stream = engine.add_request([5, 6], SamplingLimits(max_tokens=30), ScriptedSampler())
     embedded = engine.add_embedding([[i + 1] * 8 for i in range(40)])
     tokens = 0
     async for out in stream:
         tokens += len(out.token_ids)
-        if tokens and not embedded.done():
-            assert len(emb.calls) < 40  # the stream advanced before the embeddings were done
     await embedded
-    assert tokens == 30
+    assert tokens == 30 and len(steps) == 40
+    # Interleaved: generation steps ran between the embedding decodes, not all before or after.
+    assert steps[0] < steps[-1] and len(set(steps)) > 10
 
 
 async def test_a_failed_decode_fails_only_the_requests_in_it(make_engine):
