@@ -94,6 +94,11 @@ def fail(jobs: deque[EmbedJob], batch: list[Slice], error: BaseException) -> Non
         job.loop.call_soon_threadsafe(_reject, job.future, error)
 
 
+def fail_all(jobs: deque[EmbedJob], error: BaseException) -> None:
+    """Every pending job fails (shutdown, or no embedding context could be made)."""
+    fail(jobs, [(job, 0) for job in jobs], error)
+
+
 def _resolve(future: asyncio.Future, results: list) -> None:
     if not future.done():
         future.set_result(results)

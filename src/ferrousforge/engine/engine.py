@@ -302,7 +302,7 @@ class Engine:
             emb = self._embedder
         except Exception as e:  # e.g. no memory for the second context: fail them all
             log.exception("could not create the embedding context")
-            embeddings.fail(self._embeds, [(j, 0) for j in self._embeds], e)
+            embeddings.fail_all(self._embeds, e)
             return
         batch = embeddings.next_batch(self._embeds, emb.max_tokens, emb.max_seqs)
         if not batch:
@@ -480,7 +480,7 @@ class Engine:
 
     def _cancel_all(self) -> None:
         err = EngineStoppedError("the engine was shut down")
-        embeddings.fail(self._embeds, [(j, 0) for j in self._embeds], err)
+        embeddings.fail_all(self._embeds, err)
         for seq in list(self._live):
             try:
                 self._fail(seq, err)
