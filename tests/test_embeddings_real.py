@@ -84,9 +84,13 @@ async def test_generation_still_works_beside_the_embedding_context(backend_and_h
     backend, handle = backend_and_handle
     await backend.embed(handle, ["warm"])
     out = await backend.infer(
-        handle, BackendInput.Text("The capital of France is"), InferenceOptions(max_tokens=4)
+        handle,
+        BackendInput.Text("The capital of France is"),
+        InferenceOptions(max_tokens=4, temperature=0, ignore_eos=True),
     )
+    # greedy and past EOS: the generation context decodes all four tokens
     assert out.usage.completion_tokens == 4
+    assert out.text
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,10 @@ def test_a_refused_model_among_good_ones_fails_alone(refused: Path, model_path: 
         bad = c.post("/v1/completions", json={"model": "bad", "prompt": "x", "max_tokens": 2})
         assert bad.status_code == 503 and bad.json()["error"]["code"] == "model_load_failed"
         assert "refused.gguf" in bad.json()["error"]["message"]
-        good = c.post("/v1/completions", json={"model": "good", "prompt": "x", "max_tokens": 2})
+        good = c.post(
+            "/v1/completions",
+            json={"model": "good", "prompt": "x", "max_tokens": 2, "ignore_eos": True},
+        )
         assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 2
 
 
