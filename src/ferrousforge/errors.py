@@ -79,6 +79,11 @@ class ModelLoadFailedError(ModelNotReadyError):
         self.retry_after = retry_after
 
 
+class NotSupportedError(FerrousForgeError):
+    """The server was started without what a request needs (an embedding-only server asked
+    to generate, a disabled route): 501, as llama-server answers."""
+
+
 class NativeCallError(FerrousForgeError):
     """llama.cpp threw a C++ exception inside a guarded call (the guard caught it)."""
 

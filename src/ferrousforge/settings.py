@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ferrousforge.models.units import parse_size
@@ -32,6 +32,26 @@ def _split_commas(value: Any) -> Any:
 
 ToolFormatName = Literal["auto", "hermes", "llama3", "mistral", "generic"]
 PoolingName = Literal["mean", "cls", "last", "rank"]
+OnOffAuto = Literal["auto", "on", "off"]
+CacheTypeName = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+
+# Server-wide sampling defaults: a request that leaves one of these out gets the server's.
+SAMPLING_DEFAULTS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
+
+
+def flags(*names: str, negative: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Extra spellings of a setting's flag (llama-server's, so its scripts work unchanged)."""
+    return {"flags": list(names), "negative_flags": list(negative)}
 
 
 class ModelSettings(BaseModel):
@@ -66,34 +86,89 @@ class ServerSettings(BaseSettings):
         None,
         description="model path or alias to serve (default: the bundled model, or every "
         "model in --config)",
+        json_schema_extra=flags("-m"),
+    )
+    alias: str | None = Field(
+        None,
+        description="the name clients use for --model in the 'model' field (default: the "
+        "file's stem)",
+        json_schema_extra=flags("-a"),
     )
     pull: bool = Field(
         False,
         description="download a Hugging Face model named REPO[:QUANT] that is not in the cache "
         "yet (off: such a name must be pulled first with `ferrousforge pull`)",
+        json_schema_extra=flags(negative=("--offline",)),
     )
-    host: str = Field("127.0.0.1", description="address to listen on")
+    host: str = Field("127.0.0.1", description="address to listen on (several: comma-separated)")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API key clients must send as 'Authorization: Bearer KEY' (repeatable; "
         "env: comma-separated)",
     )
-    parallel: int = Field(8, ge=1, le=256, description="sequences decoded together per model")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    api_key_file: str | None = Field(
+        None, description="file with one API key per line, added to --api-key's"
+    )
+    parallel: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="sequences decoded together per model",
+        json_schema_extra=flags("-np"),
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads (default: all cores)",
+        json_schema_extra=flags("-t"),
+    )
+    threads_batch: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for prompt processing (default: --threads)",
+        json_schema_extra=flags("-tb"),
+    )
     ctx_size: int = Field(
         0,
         ge=0,
         description="total KV cache in tokens, split evenly across the --parallel sequences "
         "(0: the model's training context per sequence, as far as half the available RAM "
         "holds it, never below min(model's, 2048); the load log says what was chosen)",
+        json_schema_extra=flags("-c"),
     )
     kv_unified: bool = Field(
         False,
         description="pool the KV cache so one request may use all of it (slower batched "
         "decode; output depends on the batch)",
+        json_schema_extra=flags("-kvu", negative=("-no-kvu",)),
     )
-    batch_size: int = Field(512, ge=1, description="tokens per llama_decode")
+    batch_size: int = Field(
+        512, ge=1, description="tokens per llama_decode", json_schema_extra=flags("-b")
+    )
+    ubatch_size: int | None = Field(
+        None,
+        ge=1,
+        description="tokens per physical micro-batch (default: min(512, --batch-size))",
+        json_schema_extra=flags("-ub"),
+    )
+    n_gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        description="layers offloaded to the accelerator, when the library has one (-1: all)",
+        json_schema_extra=flags("-ngl", "--gpu-layers"),
+    )
+    flash_attn: OnOffAuto = Field(
+        "auto",
+        description="flash attention: on, off, or auto (llama.cpp decides per device)",
+        json_schema_extra=flags("-fa"),
+    )
+    cache_type_k: CacheTypeName = Field(
+        "f16", description="KV cache type of K", json_schema_extra=flags("-ctk")
+    )
+    cache_type_v: CacheTypeName = Field(
+        "f16", description="KV cache type of V", json_schema_extra=flags("-ctv")
+    )
     # 8192 MiB as llama-server's --cache-ram: the same ceiling for users who switch. It is
     # taken only as prompts leave their slots (a 150-token prompt of the default model is
     # about 3.5 MiB, a 2000-token one of an 8B model about 250 MiB), per loaded model.
@@ -102,6 +177,7 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="MiB of host RAM per model for the KV of prompts that left their slot, "
         "restored when a prompt sharing their prefix comes back (0: off)",
+        json_schema_extra=flags("-cram"),
     )
     max_waiting: int = Field(
         64, ge=0, description="requests queued beyond the running ones before answering 503"
@@ -145,6 +221,7 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="most models loaded at once: loading another unloads the least recently "
         "used, an idle one first (0: no limit)",
+        json_schema_extra=flags("--models-max"),
     )
     memory_budget: str | None = Field(
         None,
@@ -157,11 +234,24 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="unload a model after this many seconds without requests (a request's "
         "keep_alive overrides it for its model; default: never)",
+        json_schema_extra=flags("--sleep-idle-seconds"),
     )
     pooling: PoolingName | None = Field(
         None,
         description="how /v1/embeddings pools a sequence: mean, cls, last, or rank (a "
         "reranker's scores, for /v1/rerank); default: the GGUF's own, else mean",
+    )
+    embedding: bool = Field(
+        False,
+        description="embedding-only: generation routes answer 501 (for dedicated embedding "
+        "models; without it a model serves both)",
+        json_schema_extra=flags("--embeddings"),
+    )
+    reranking: bool = Field(
+        False,
+        description="serve /v1/rerank with rank pooling (the same as --pooling rank and "
+        "--embedding)",
+        json_schema_extra=flags("--rerank"),
     )
     embedding_batch: int = Field(
         2048,
@@ -170,7 +260,61 @@ class ServerSettings(BaseSettings):
         "/v1/embeddings takes, within the model's training context",
     )
     max_tokens_limit: int = Field(
-        4096, ge=1, description="ceiling on max_tokens; also the default when a request sets none"
+        4096,
+        ge=-1,
+        description="ceiling on max_tokens; also the default when a request sets none (-1: "
+        "no ceiling, a request may fill its context)",
+        json_schema_extra=flags("-n", "--n-predict", "--predict"),
+    )
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        description="default temperature of requests that set none (default: 0.8)",
+        json_schema_extra=flags("--temp"),
+    )
+    top_k: int | None = Field(None, ge=0, description="default top_k (default: 40)")
+    top_p: float | None = Field(None, ge=0, le=1, description="default top_p (default: 0.95)")
+    min_p: float | None = Field(None, ge=0, le=1, description="default min_p (default: 0.05)")
+    repeat_penalty: float | None = Field(
+        None, ge=0, description="default repeat_penalty (default: 1.0, off)"
+    )
+    repeat_last_n: int | None = Field(
+        None, ge=-1, description="default repeat_last_n (default: 64)"
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="default presence_penalty (default: 0)"
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="default frequency_penalty (default: 0)"
+    )
+    seed: int | None = Field(
+        None,
+        ge=-1,
+        le=2**32 - 1,
+        description="default sampling seed of requests that set none (-1 or unset: random)",
+        json_schema_extra=flags("-s"),
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja2 chat template overriding the model's (for --model)"
+    )
+    chat_template_file: str | None = Field(
+        None, description="file holding a Jinja2 chat template overriding the model's"
+    )
+    jinja: bool = Field(
+        True,
+        description="render chat templates with Jinja2 (off: llama.cpp's built-in template "
+        "for the model's, as llama-server without --jinja; tools are then refused)",
+    )
+    metrics: bool = Field(True, description="serve /metrics in Prometheus format (off: 501)")
+    slots: bool = Field(
+        True,
+        description="serve GET /slots (each slot's state) and POST /slots/ID (erase, save, "
+        "restore)",
+    )
+    slot_save_path: str | None = Field(
+        None,
+        description="folder where POST /slots/ID?action=save|restore keeps slot KV files "
+        "(unset: save and restore are refused)",
     )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it)"
@@ -196,7 +340,33 @@ class ServerSettings(BaseSettings):
     @field_validator("api_key", "cors_origins", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
+        if isinstance(value, list):  # repeated flags, each possibly a comma list
+            return [v for item in value for v in _split_commas(item)]
         return _split_commas(value)
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampling fields this server sets for requests that leave them out."""
+        out = {n: getattr(self, n) for n in SAMPLING_DEFAULTS if getattr(self, n) is not None}
+        if out.get("seed") == -1:
+            del out["seed"]  # llama.cpp's -1: a random seed per request, our default
+        return out
+
+    @property
+    def hosts(self) -> list[str]:
+        """The addresses to listen on."""
+        return [h.strip() for h in self.host.split(",") if h.strip()]
+
+    @model_validator(mode="after")
+    def _key_file(self) -> ServerSettings:
+        """--api-key-file's keys (one per line) join --api-key's, read once at startup."""
+        if self.api_key_file:
+            try:
+                text = Path(self.api_key_file).expanduser().read_text(encoding="utf-8")
+            except OSError as e:
+                raise ValueError(f"api_key_file: cannot read it: {e.strerror}") from None
+            self.api_key = [*self.api_key, *(ln.strip() for ln in text.splitlines() if ln.strip())]
+        return self
 
     @field_validator("memory_budget")
     @classmethod
@@ -271,6 +441,12 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def _spellings(name: str, info: Any) -> tuple[list[str], list[str]]:
+    """A field's flags: --its-name, then the extra spellings (and negations) it declares."""
+    extra = info.json_schema_extra or {}
+    return [_flag(name), *extra.get("flags", [])], list(extra.get("negative_flags", []))
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser, cls: type[BaseSettings] = ServerSettings
 ) -> None:
@@ -280,9 +456,10 @@ def add_settings_arguments(
         default = info.get_default(call_default_factory=True)
         env = ENV_PREFIX + name.upper()
         help_text = f"{info.description or name} [env {env}; default {default!r}]"
+        spellings, negative = _spellings(name, info)
         if typing.get_origin(base) is list:
             parser.add_argument(
-                _flag(name),
+                *spellings,
                 dest=name,
                 action="append",
                 default=None,
@@ -291,23 +468,31 @@ def add_settings_arguments(
             )
         elif base is bool:
             parser.add_argument(
-                _flag(name),
+                *spellings,
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=help_text,
             )
+            if negative:
+                parser.add_argument(
+                    *negative, dest=name, action="store_false", default=None, help=argparse.SUPPRESS
+                )
         elif typing.get_origin(base) is Literal:
+            choices = typing.get_args(base)
             parser.add_argument(
-                _flag(name),
+                *spellings,
                 dest=name,
-                choices=typing.get_args(base),
+                choices=choices,
+                # a bare `-fa`, as older llama-server scripts write it, means on
+                nargs="?" if "on" in choices else None,
+                const="on" if "on" in choices else None,
                 default=None,
                 help=help_text,
             )
         else:
             parser.add_argument(
-                _flag(name),
+                *spellings,
                 dest=name,
                 type=base,
                 default=None,

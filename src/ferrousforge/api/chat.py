@@ -159,7 +159,11 @@ def start(
             ceiling=settings.max_tokens_limit,
         )
         gen = plan_generation(
-            req, max_tokens=mt, grammar=grammar, logprobs=top if req.logprobs else None
+            req,
+            max_tokens=mt,
+            grammar=grammar,
+            logprobs=top if req.logprobs else None,
+            defaults=settings.sampling_defaults,
         )
         gen.options = plan.options(gen.options)
         return gen

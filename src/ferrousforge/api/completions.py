@@ -165,7 +165,13 @@ def start(
             n_ctx=seq_context(lm),
             ceiling=settings.max_tokens_limit,
         )
-        return plan_generation(req, max_tokens=mt, logprobs=req.logprobs, echo_logprobs=echo_lps)
+        return plan_generation(
+            req,
+            max_tokens=mt,
+            logprobs=req.logprobs,
+            echo_logprobs=echo_lps,
+            defaults=settings.sampling_defaults,
+        )
 
     streams, plan = submit(backend, lm, prompts, plan_for, req.n, loop)
     return Job(model_id, lm, prompts, streams, plan, req.n)

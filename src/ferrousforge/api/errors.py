@@ -22,6 +22,7 @@ from ferrousforge.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     NativeCallError,
+    NotSupportedError,
     RequestTooLargeError,
     ResponseNotFoundError,
     SamplingBudgetError,
@@ -45,6 +46,7 @@ ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
     (GrammarError, 400, "invalid_request_error", "invalid_grammar"),
     (SamplingBudgetError, 400, "invalid_request_error", "sampling_budget_exceeded"),
     (NativeCallError, 500, "server_error", "llama_cpp_error"),
+    (NotSupportedError, 501, "not_supported_error", "not_supported"),
     (ValueError, 400, "invalid_request_error", None),
 ]
 

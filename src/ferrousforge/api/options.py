@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.api.schemas import SamplingFields
@@ -65,8 +66,10 @@ def max_tokens_for(
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if asked is None:
         asked = default
+    room = n_ctx - prompt_len
+    if ceiling < 0:  # no ceiling (llama-server's --n-predict -1): as much as the context holds
+        ceiling = max(room, 1)  # no room: the engine says overflow
     if asked is None:
-        room = n_ctx - prompt_len
         return min(ceiling, room) if room > 0 else ceiling  # no room: the engine says overflow
     return min(asked, ceiling)
 
@@ -78,9 +81,16 @@ def plan_generation(
     grammar: str | None = None,
     logprobs: int | None = None,
     echo_logprobs: bool = False,
+    defaults: dict[str, Any] | None = None,
 ) -> GenerationPlan:
-    """InferenceOptions for a request; ValueError names the first bad field."""
-    kwargs = {name: getattr(req, name) for name in _SAME_NAME if getattr(req, name) is not None}
+    """InferenceOptions for a request; ValueError names the first bad field.
+
+    ``defaults`` are the server's sampling settings, for the fields the request leaves out.
+    """
+    kwargs = dict(defaults or {})
+    kwargs.update(
+        {name: getattr(req, name) for name in _SAME_NAME if getattr(req, name) is not None}
+    )
     if req.stop is not None:
         kwargs["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.logit_bias:

@@ -29,7 +29,7 @@ from ferrousforge.api.schemas import (
     ModelActionRequest,
     TokenizeRequest,
 )
-from ferrousforge.errors import ModelNotReadyError
+from ferrousforge.errors import ModelNotReadyError, NotSupportedError
 from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
 from ferrousforge.models.pool import ModelPool, ModelStatus
 from ferrousforge.settings import ServerSettings
@@ -102,6 +102,10 @@ async def start_job(
     st = state(request)
     if st.load_error:
         raise ModelNotReadyError(st.load_error)
+    if st.settings.embedding or st.settings.reranking:
+        raise NotSupportedError(
+            "this server serves embeddings only; start it without --embedding to generate"
+        )
     mid, lm = await st.pool.acquire(name, keep_alive)
     try:
         job = await completions.prepare(lambda loop: start(mid, lm, loop))
@@ -209,6 +213,8 @@ async def health(request: Request) -> Response:
 @router.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERROR_RESPONSES)
 async def metrics(request: Request) -> Response:
     """Prometheus text format (not JSON)."""
+    if not state(request).settings.metrics:
+        raise NotSupportedError("metrics are off: start the server without --no-metrics")
     return PlainTextResponse(
         render_metrics(state(request).pool), media_type="text/plain; version=0.0.4"
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 from pydantic import ValidationError
 
+from ferrousforge.cli.llama_server import add_llama_server_flags, apply_llama_server_flags
 from ferrousforge.cli.loading import LoadProgress
 from ferrousforge.errors import FerrousForgeError
 from ferrousforge.inference.gguf import validate_gguf
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config file with [server] settings and [[models]] (see docs/server.md)",
     )
     add_settings_arguments(p, ServerSettings)
+    add_llama_server_flags(p)
     p.set_defaults(func=run_serve)
 
 
@@ -57,6 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from ferrousforge.models.registry import model_specs
 
     try:
+        apply_llama_server_flags(args)
         config = read_config(args.config) if args.config else None
         settings = load_settings(settings_from_args(args), config)
         specs = model_specs(settings, config.models if config else None)
@@ -77,17 +81,24 @@ def run_serve(args: argparse.Namespace) -> int:
     # A server whose model cannot load would answer 503 forever: stop it instead (with a
     # config file too, since a configured model would be missing).
     app = create_app(settings, specs, on_load_error=lambda _: setattr(server, "should_exit", True))
+    hosts = settings.hosts
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
+            host=hosts[0],
             port=settings.port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=5,
         )
     )
     try:
-        server.run()
+        # Several addresses (llama-server's --host a,b): one socket each, one server.
+        sockets = [_bind(h, settings.port) for h in hosts] if len(hosts) > 1 else None
+    except OSError as e:
+        print(f"error: cannot listen: {e}", file=sys.stderr)
+        return 3
+    try:
+        server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
         pass
     load_error = app.state.ff.load_error
@@ -96,3 +107,14 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: {first}{' (details in the log above)' if rest else ''}", file=sys.stderr)
         return 1
     return 0 if server.started else 3  # 3: uvicorn's code for a failed startup (port in use)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv4 or IPv6)."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], info[1], info[2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(info[4])
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -76,7 +76,7 @@ def backend_config(
     kwargs = dict(
         context_size=pick("ctx_size"),
         batch_size=pick("batch_size"),
-        ubatch_size=min(512, pick("batch_size")),
+        ubatch_size=min(settings.ubatch_size or 512, pick("batch_size")),
         max_parallel=pick("parallel"),
         max_waiting=pick("max_waiting"),
         kv_unified=pick("kv_unified"),
@@ -86,7 +86,11 @@ def backend_config(
         draft_max=settings.draft_max,
         draft_min=settings.draft_min,
         draft_max_batch=settings.draft_max_batch,
-        pooling=pick("pooling"),
+        pooling="rank" if settings.reranking else pick("pooling"),
+        n_gpu_layers=settings.n_gpu_layers,
+        flash_attention=settings.flash_attn,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
         embedding_batch=settings.embedding_batch,
         progress_callback=progress,
     )
@@ -98,6 +102,8 @@ def backend_config(
     threads = pick("threads")
     if threads is not None:
         kwargs["num_threads"] = threads
+    if settings.threads_batch is not None:
+        kwargs["num_threads_batch"] = settings.threads_batch
     return BackendConfig(**kwargs)
 
 
@@ -186,10 +192,10 @@ def _named_specs(
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
         return [
             ModelSpec(
-                mid,
+                settings.alias or mid,
                 path,
                 backend_config(settings, own, progress),
-                own.chat_template if own else None,
+                _server_template(settings) or (own.chat_template if own else None),
                 own.tool_format if own else None,
             )
         ]
@@ -209,3 +215,10 @@ def _named_specs(
             )
         )
     return specs
+
+
+def _server_template(settings: ServerSettings) -> str | None:
+    """--chat-template, or the contents of --chat-template-file."""
+    if settings.chat_template_file:
+        return Path(settings.chat_template_file).expanduser().read_text(encoding="utf-8")
+    return settings.chat_template
