@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
 from ferrousforge.api import embeddings
@@ -25,6 +26,25 @@ from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+
+def add_unprefixed_routes(app: FastAPI) -> None:
+    """Every /v1 route also without the prefix (/chat/completions...), as llama-server
+    serves them; kept out of the OpenAPI schema, which documents each route once."""
+    taken = {(r.path, m) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    for route in list(app.routes):
+        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+            continue
+        path = route.path.removeprefix("/v1")
+        methods = [m for m in route.methods if (path, m) not in taken]
+        if methods:
+            app.add_api_route(
+                path,
+                route.endpoint,
+                methods=methods,
+                response_class=route.response_class,
+                include_in_schema=False,
+            )
 
 
 async def _load(st: ServerState, on_error: Callable[[str], None] | None = None) -> None:
@@ -98,6 +118,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(messages_router)
     app.include_router(responses_router)
+    add_unprefixed_routes(app)
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the

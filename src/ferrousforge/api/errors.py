@@ -86,7 +86,7 @@ def error_response(exc: BaseException) -> JSONResponse:
 # Anthropic's Messages API answers its errors in its own shape, with the error type its SDK
 # reads; the status comes from ERROR_MAP, except overloaded: Anthropic's 529 (the SDK's
 # OverloadedError). Other 5xx are "api_error" (503: the SDK's ServiceUnavailableError).
-ANTHROPIC_PATH = "/v1/messages"
+ANTHROPIC_PATHS = ("/v1/messages", "/messages")  # with and without the /v1 prefix
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -109,7 +109,7 @@ def anthropic_error(status: int, message: str, code: str | None = None) -> tuple
 
 def shaped_for(path: str, response: JSONResponse) -> JSONResponse:
     """``response`` (OpenAI's shape) as the API at ``path`` shapes its errors."""
-    if path != ANTHROPIC_PATH and not path.startswith(ANTHROPIC_PATH + "/"):
+    if not any(path == p or path.startswith(p + "/") for p in ANTHROPIC_PATHS):
         return response
     err = json.loads(response.body)["error"]
     status, body = anthropic_error(response.status_code, err["message"], err.get("code"))
