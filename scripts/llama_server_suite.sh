@@ -32,7 +32,8 @@ case "$target" in
     [[ -n "${SUITE_PYTHON:-}" ]] || make -C "$here" --no-print-directory install >/dev/null
     # The suite starts one executable with llama-server's flags: ferrousforge-server.
     bin="$out/ferrousforge-server"
-    printf '#!/bin/sh\nexec %q -m ferrousforge.cli.llama_server "$@"\n' "$py" > "$bin"
+    printf '#!/bin/sh\nPYTHONPATH=%q exec %q -m ferrousforge.cli.llama_server "$@"\n' \
+      "${PYTHONPATH:-}" "$py" > "$bin"
     chmod +x "$bin" ;;
   *) echo "unknown target: $target" >&2; exit 2 ;;
 esac
