@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
@@ -28,23 +28,26 @@ from ferrousforge.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
-def add_unprefixed_routes(app: FastAPI) -> None:
+def add_unprefixed_routes(routers: list[APIRouter]) -> None:
     """Every /v1 route also without the prefix (/chat/completions...), as llama-server
-    serves them; kept out of the OpenAPI schema, which documents each route once."""
-    taken = {(r.path, m) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
-    for route in list(app.routes):
-        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
-            continue
-        path = route.path.removeprefix("/v1")
-        methods = [m for m in route.methods if (path, m) not in taken]
-        if methods:
-            app.add_api_route(
-                path,
-                route.endpoint,
-                methods=methods,
-                response_class=route.response_class,
-                include_in_schema=False,
-            )
+    serves them; kept out of the OpenAPI schema, which documents each route once. Call it
+    before the routers are included (it adds to them; a second call adds nothing)."""
+    routes = [r for group in routers for r in group.routes if isinstance(r, APIRoute)]
+    taken = {(r.path, m) for r in routes for m in r.methods}
+    for group in routers:
+        for route in list(group.routes):
+            if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+                continue
+            path = route.path.removeprefix("/v1")
+            methods = [m for m in route.methods if (path, m) not in taken]
+            if methods:
+                group.add_api_route(
+                    path,
+                    route.endpoint,
+                    methods=methods,
+                    response_class=route.response_class,
+                    include_in_schema=False,
+                )
 
 
 async def _load(st: ServerState, on_error: Callable[[str], None] | None = None) -> None:
@@ -114,11 +117,10 @@ def create_app(
         description="OpenAI-compatible API for GGUF models on llama.cpp",
     )
     app.state.ff = st
-    app.include_router(router)
-    app.include_router(embeddings.router)
-    app.include_router(messages_router)
-    app.include_router(responses_router)
-    add_unprefixed_routes(app)
+    routers = [router, embeddings.router, messages_router, responses_router]
+    add_unprefixed_routes(routers)
+    for r in routers:
+        app.include_router(r)
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the
