@@ -90,6 +90,7 @@ def live_server(
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
     ready_s: float = READY_S,
+    port: int | None = None,
 ) -> Iterator[LiveServer]:
     """Run ``ferrousforge serve --port <free> --threads 2 *args`` until the block ends.
 
@@ -98,7 +99,7 @@ def live_server(
     """
     with tempfile.TemporaryDirectory(prefix="ferrousforge-server-") as tmp:
         log = Path(log_dir or tmp) / "server.log"
-        port = free_port()
+        port = port or free_port()
         cmd = [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(port)]
         with log.open("w") as out:
             proc = subprocess.Popen(

@@ -14,13 +14,14 @@ from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
 from ferrousforge.api import embeddings
-from ferrousforge.api.auth import APIKeyMiddleware
+from ferrousforge.api.auth import OPEN_PATHS, APIKeyMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
 from ferrousforge.api.openapi import install_openapi
 from ferrousforge.api.responses import router as responses_router
 from ferrousforge.api.routes import ServerState, router
+from ferrousforge.api.vertex import install_vertex, vertex_routes
 from ferrousforge.models.pool import ModelPool
 from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
@@ -121,12 +122,16 @@ def create_app(
     add_unprefixed_routes(routers)
     for r in routers:
         app.include_router(r)
+    vertex = vertex_routes()
+    if vertex is not None:
+        install_vertex(app, routers, vertex)
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the
     # body limit, then the API key.
     if settings.api_key:
-        app.add_middleware(APIKeyMiddleware, keys=settings.api_key)
+        open_paths = OPEN_PATHS | ({vertex.health} if vertex and vertex.health else set())
+        app.add_middleware(APIKeyMiddleware, keys=settings.api_key, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -31,12 +31,17 @@ def presented_key(scope: Scope) -> str | None:
 class APIKeyMiddleware:
     """Every path but /health needs one of the keys (constant-time comparison)."""
 
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: list[str], open_paths: frozenset[str] = OPEN_PATHS
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        if scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
         key = presented_key(scope)
         exc = None

@@ -57,6 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: `ferrousforge info` should not pay for it
 
     from ferrousforge.api.app import create_app
+    from ferrousforge.api.vertex import vertex_routes
     from ferrousforge.models.registry import model_specs
 
     try:
@@ -82,18 +83,25 @@ def run_serve(args: argparse.Namespace) -> int:
     # config file too, since a configured model would be missing).
     app = create_app(settings, specs, on_load_error=lambda _: setattr(server, "should_exit", True))
     hosts = settings.hosts
+    port = settings.port
+    vertex = vertex_routes()
+    if vertex is not None and vertex.port != port:  # Vertex AI decides where we listen
+        logging.getLogger("ferrousforge").warning(
+            "Vertex AI: listening on AIP_HTTP_PORT %d instead of port %d", vertex.port, port
+        )
+        port = vertex.port
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=hosts[0],
-            port=settings.port,
+            port=port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=5,
         )
     )
     try:
         # Several addresses (llama-server's --host a,b): one socket each, one server.
-        sockets = [_bind(h, settings.port) for h in hosts] if len(hosts) > 1 else None
+        sockets = [_bind(h, port) for h in hosts] if len(hosts) > 1 else None
     except OSError as e:
         print(f"error: cannot listen: {e}", file=sys.stderr)
         return 3
