@@ -31,7 +31,7 @@ def _split_commas(value: Any) -> Any:
 
 
 ToolFormatName = Literal["auto", "hermes", "llama3", "mistral", "generic"]
-PoolingName = Literal["mean", "cls", "last", "rank"]
+PoolingName = Literal["mean", "cls", "last", "rank", "none"]
 OnOffAuto = Literal["auto", "on", "off"]
 CacheTypeName = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 
@@ -238,8 +238,9 @@ class ServerSettings(BaseSettings):
     )
     pooling: PoolingName | None = Field(
         None,
-        description="how /v1/embeddings pools a sequence: mean, cls, last, or rank (a "
-        "reranker's scores, for /v1/rerank); default: the GGUF's own, else mean",
+        description="how /v1/embeddings pools a sequence: mean, cls, last, rank (a "
+        "reranker's scores, for /v1/rerank), or none (one vector per token, on /embedding "
+        "only); default: the GGUF's own, else mean",
     )
     embedding: bool = Field(
         False,

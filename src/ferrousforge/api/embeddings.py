@@ -1,4 +1,5 @@
-"""POST /v1/embeddings and /v1/rerank: conversions onto the engine's embedding batches.
+"""POST /v1/embeddings, llama-server's /embedding and /v1/rerank: conversions onto the
+engine's embedding batches.
 
 Every input of a request (and of concurrent requests) is embedded together, as many per
 decode as the model's embedding context holds; see engine/embeddings.py.
@@ -7,53 +8,53 @@ decode as the model's embedding context holds; see engine/embeddings.py.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field, StrictBool, StrictInt
 
+from ferrousforge.api.embedding_inputs import Prompt, parse_prompts
 from ferrousforge.api.openapi import ERROR_RESPONSES
 from ferrousforge.api.routes import model_for, state
 from ferrousforge.api.schemas import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     Text,
-    TokenIds,
     _Body,
 )
 
 router = APIRouter()
 
-MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_DOCUMENTS = 1024
-
-EmbeddingInput = (
-    Text
-    | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
-    | TokenIds
-    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
-)
 
 
 class EmbeddingRequest(_Body):
-    """OpenAI's embeddings request, plus ``truncate`` (cut over-long inputs, as TEI and
-    Ollama accept it) and ``normalize`` (default true: unit-length vectors)."""
+    """OpenAI's embeddings request, with the input shapes llama-server takes (see
+    embedding_inputs.py), plus ``truncate`` (cut over-long inputs, as TEI and Ollama
+    accept it), ``normalize`` (default true) and llama-server's ``embd_normalize`` (how:
+    -1 none, 0 max absolute (int16 range), 1 taxicab, 2 Euclidean, the default, p > 2
+    p-norm). ``content`` instead of ``input`` asks for llama-server's /embedding answer."""
 
     model: str | None = Field(None, max_length=MAX_NAME_CHARS)
-    input: EmbeddingInput
+    input: Any = None
+    content: Any = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(None, ge=1, le=1 << 16)
     user: str | None = Field(None, max_length=MAX_NAME_CHARS)
     truncate: StrictBool = False
     normalize: StrictBool = True
+    embd_normalize: StrictInt | None = Field(None, ge=-1, le=64)
 
-    def inputs(self) -> list[str | list[int]]:
-        x = self.input
-        if isinstance(x, str):
-            return [x]
-        if x and isinstance(x[0], int):
-            return [x]  # type: ignore[list-item]
-        return list(x)  # type: ignore[arg-type]
+    def prompts(self) -> list[Prompt]:
+        if self.input is not None:
+            return parse_prompts(self.input, "input")
+        if self.content is not None:
+            return parse_prompts(self.content, "content")
+        raise ValueError("input: give the text to embed ('input', or llama-server's 'content')")
+
+    @property
+    def norm(self) -> int:
+        return 2 if self.embd_normalize is None else self.embd_normalize
 
 
 class RerankRequest(_Body):
@@ -75,17 +76,20 @@ class RerankRequest(_Body):
 
 
 @router.post("/v1/embeddings", responses=ERROR_RESPONSES)
-@router.post("/embeddings", responses=ERROR_RESPONSES, include_in_schema=False)
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
     """One vector per input; all inputs share the model's embedding decodes."""
+    if body.input is None and body.content is not None:
+        return await native_embeddings(body, request)  # as llama-server answers 'content'
+    prompts = body.prompts()
     backend = state(request).pool.backend
     async with model_for(request, body.model) as (mid, lm):
         result = await backend.embed(
             lm.handle,
-            body.inputs(),
+            prompts,
             normalize=body.normalize,
             dimensions=body.dimensions,
             truncate=body.truncate,
+            norm=body.norm,
         )
     as_base64 = body.encoding_format == "base64"
     data = [
@@ -108,11 +112,31 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
     }
 
 
+@router.post("/embedding", responses=ERROR_RESPONSES)
+@router.post("/embeddings", responses=ERROR_RESPONSES)
+async def native_embeddings(body: EmbeddingRequest, request: Request) -> list[dict]:
+    """llama-server's /embedding: per input, ``embedding`` is a list of vectors, the pooled
+    one, or one per token when the model's pooling is "none" (then not normalised)."""
+    for name in ("dimensions", "encoding_format"):
+        if name in body.model_fields_set:
+            raise ValueError(f"{name}: only /v1/embeddings takes it")
+    if not body.normalize:
+        raise ValueError("normalize: /embedding takes 'embd_normalize': -1 for none")
+    prompts = body.prompts()
+    backend = state(request).pool.backend
+    async with model_for(request, body.model) as (_, lm):
+        mats, _ = await backend.embed_per_token(
+            lm.handle, prompts, norm=body.norm, truncate=body.truncate
+        )
+    return [{"index": i, "embedding": m.tolist()} for i, m in enumerate(mats)]
+
+
 @router.post("/v1/rerank", responses=ERROR_RESPONSES)
 @router.post("/rerank", responses=ERROR_RESPONSES)
 @router.post("/v1/reranking", responses=ERROR_RESPONSES, include_in_schema=False)
-async def rerank(body: RerankRequest, request: Request) -> dict:
-    """Documents ordered by relevance to the query (a reranker model: rank pooling)."""
+async def rerank(body: RerankRequest, request: Request) -> dict | list[dict]:
+    """Documents ordered by relevance to the query (a reranker model: rank pooling); TEI's
+    bare list when the request names them ``texts``."""
     docs = body.docs()
     backend = state(request).pool.backend
     async with model_for(request, body.model) as (mid, lm):
@@ -121,6 +145,11 @@ async def rerank(body: RerankRequest, request: Request) -> dict:
     order = sorted(range(len(docs)), key=lambda i: -scores[i])
     if body.top_n is not None:
         order = order[: body.top_n]
+    if body.texts is not None:  # TEI's request, TEI's answer: a bare list
+        return [
+            {"index": i, "score": scores[i], **({"text": docs[i]} if body.return_text else {})}
+            for i in order
+        ]
     with_docs = body.return_documents or body.return_text
     results = [
         {
@@ -133,7 +162,7 @@ async def rerank(body: RerankRequest, request: Request) -> dict:
     n = result.prompt_tokens
     return {
         "object": "list",
-        "model": mid,
+        "model": body.model or mid,
         "results": results,
         "usage": {"prompt_tokens": n, "total_tokens": n},
     }

@@ -1,7 +1,9 @@
-"""GET /metrics: the model pool's and each loaded engine's statistics (Prometheus text)."""
+"""GET /metrics: the model pool's and each loaded engine's statistics (Prometheus text),
+then llama-server's ``llamacpp:`` series (api/metrics_llamacpp.py)."""
 
 from __future__ import annotations
 
+from ferrousforge.api.metrics_llamacpp import render_llamacpp
 from ferrousforge.engine.stats import EngineStats, Histogram
 from ferrousforge.inference.backends.llama_cpp.backend import LoadedModel
 from ferrousforge.models.pool import ModelPool
@@ -33,11 +35,28 @@ _COUNTERS = [
     ("embedding_inputs_total", "Inputs embedded (or document pairs ranked)", "embedding_inputs"),
     ("embedding_tokens_total", "Tokens of those inputs", "embedding_tokens"),
     ("embedding_decodes_total", "Decodes of the embedding context", "embedding_decodes"),
+    ("embedding_seconds_total", "Seconds spent in those decodes", "embedding_seconds"),
+    (
+        "prompt_tokens_decoded_total",
+        "Prompt tokens decoded by finished requests (not reused from a cache)",
+        "prompt_tokens_decoded",
+    ),
+    (
+        "prompt_seconds_total",
+        "Seconds from admission to first token, summed over finished requests",
+        "prompt_seconds",
+    ),
+    (
+        "generation_seconds_total",
+        "Seconds from first to last token, summed over finished requests",
+        "generation_seconds",
+    ),
 ]
 _HISTOGRAMS = [
     ("time_to_first_token_seconds", "Time from arrival to first token", "ttft"),
     ("inter_token_latency_seconds", "Time between consecutive tokens", "inter_token"),
     ("request_latency_seconds", "Time from arrival to the end of the request", "request_latency"),
+    ("queue_time_seconds", "Time from arrival to a slot (waiting in the queue)", "queue_time"),
 ]
 
 
@@ -53,6 +72,7 @@ def _gauges(lm: LoadedModel) -> list[tuple[str, str, float]]:
     sched = lm.engine.scheduler
     st: EngineStats = lm.engine.stats
     # Read live from the scheduler: stats.running/waiting are only refreshed on a decode step.
+    kv_tokens = sched.kv_tokens()
     return [
         ("requests_running", "Requests holding a slot", len(sched.running)),
         ("requests_waiting", "Requests queued for a slot", len(sched.waiting)),
@@ -63,7 +83,12 @@ def _gauges(lm: LoadedModel) -> list[tuple[str, str, float]]:
             "Mean sequences sampled per decode step",
             st.mean_busy_slots,
         ),
-    ]
+        ("kv_cache_tokens", "Tokens held in the KV cache (free slots' reusable prefixes too)",
+         kv_tokens),
+        ("kv_cache_cells", "KV cache capacity in tokens (all slots)", sched.kv_cells),
+        ("kv_cache_usage_ratio", "kv_cache_tokens / kv_cache_cells (1: full)",
+         kv_tokens / sched.kv_cells if sched.kv_cells else 0.0),
+    ]  # fmt: skip
 
 
 def _host_cache(lm: LoadedModel) -> list[tuple[str, str, str, float]]:
@@ -148,4 +173,6 @@ def render_metrics(pool: ModelPool) -> str:
             section(name, help_, "gauge").append(f"{PREFIX}{name}{{{label}}} {value}")
         for name, help_, kind, value in _host_cache(lm):
             section(name, help_, kind).append(f"{PREFIX}{name}{{{label}}} {value}")
-    return "\n".join(line for lines in sections.values() for line in lines) + "\n"
+    lines = [line for lines in sections.values() for line in lines]
+    lines += render_llamacpp(list(pool.loaded.values()))
+    return "\n".join(lines) + "\n"

@@ -215,9 +215,13 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format (not JSON)."""
     if not state(request).settings.metrics:
         raise NotSupportedError("metrics are off: start the server without --no-metrics")
-    return PlainTextResponse(
-        render_metrics(state(request).pool), media_type="text/plain; version=0.0.4"
-    )
+    st = state(request)
+    res = PlainTextResponse(render_metrics(st.pool), media_type="text/plain; version=0.0.4")
+    # llama-server's header, in its spelling: Starlette lowercases the names it is given, and
+    # clients that copy headers into a plain dict (llama-server's tests) look for this case
+    # (kept on the wire by uvicorn's h11 protocol; httptools lowercases every name).
+    res.raw_headers.append((b"Process-Start-Time-Unix", str(st.started).encode()))
+    return res
 
 
 @router.post("/tokenize", responses=ERROR_RESPONSES)

@@ -9,6 +9,7 @@ other llama-server flag is an argparse error that names it: none is silently ign
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # Flags that ask for what FerrousForge always does; accepted so llama-server scripts run.
@@ -62,11 +63,22 @@ def apply_llama_server_flags(args: argparse.Namespace) -> None:
             args.pull = True  # llama-server downloads -hf models; --offline says otherwise
 
 
+# llama-server's defaults where they differ from ours, given before the caller's flags (a
+# flag given later wins) unless the setting's environment variable says otherwise.
+LLAMA_SERVER_DEFAULTS = {"metrics": "--no-metrics"}  # llama-server serves /metrics on --metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     """`ferrousforge-server ARGS`: `ferrousforge serve ARGS`, for llama-server's scripts."""
     from ferrousforge.cli.main import main as ferrousforge_main
+    from ferrousforge.settings import ENV_PREFIX
 
-    return ferrousforge_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    defaults = [
+        flag
+        for name, flag in LLAMA_SERVER_DEFAULTS.items()
+        if f"{ENV_PREFIX}{name.upper()}" not in os.environ
+    ]
+    return ferrousforge_main(["serve", *defaults, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

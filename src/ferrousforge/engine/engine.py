@@ -27,7 +27,7 @@ from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, R
 from ferrousforge.engine.scheduler import Scheduler
 from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
 from ferrousforge.engine.speculation import SpecConfig
-from ferrousforge.engine.stats import EngineStats
+from ferrousforge.engine.stats import EngineStats, SeqTimes
 from ferrousforge.errors import EngineOverloadedError, EngineStoppedError, SamplingBudgetError
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,7 @@ class Engine:
         if not batch:
             return
         inputs = [job.inputs[i] for job, i in batch]
+        t0 = time.perf_counter()
         try:
             vectors = emb.embed(inputs)
         except Exception as e:
@@ -317,6 +318,7 @@ class Engine:
         st = self.stats
         with st.lock:
             st.embedding_decodes += 1
+            st.embedding_seconds += time.perf_counter() - t0
             st.embedding_inputs += len(inputs)
             st.embedding_tokens += sum(len(x) for x in inputs)
             st.embedding_requests += sum(1 for job, i in batch if i == len(job.inputs) - 1)
@@ -369,6 +371,7 @@ class Engine:
         with st.lock:
             st.decode_steps += 1
             st.busy_slots_sum += sum(1 for c in plan.chunks if c.sample)
+            st.busy_seqs_sum += len(plan.chunks)
             st.draft_tokens = self.scheduler.drafted
             st.draft_accepted_tokens = self.scheduler.accepted
             st.running = len(self.scheduler.running)
@@ -425,6 +428,12 @@ class Engine:
             st.prefix_cache_hits += 1 if out.cached_tokens else 0
             if seq.first_token_at:
                 st.ttft.observe(out.ttft_s)
+            st.add_finished(
+                max(0, min(seq.n_computed, out.prompt_tokens) - out.cached_tokens),
+                out.completion_tokens,
+                out.prompt_tokens + out.completion_tokens,
+                SeqTimes(seq.arrival, seq.admitted_at, seq.first_token_at, seq.last_token_at),
+            )
             st.request_latency.observe(time.perf_counter() - seq.arrival)
 
     def _finish(self, seq: Sequence, status: SequenceStatus) -> None:

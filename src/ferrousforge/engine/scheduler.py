@@ -75,6 +75,8 @@ class Scheduler:
         # KV saved in host memory when it leaves a slot (needs the slots' prefix cache).
         self.host_cache = host_cache if self.prefix_cache else None
         self.slots = [Slot(i) for i in range(runner.n_slots)]
+        # KV cells in all (one unified pool, or a stream of n_ctx per slot).
+        self.kv_cells: int = getattr(runner, "n_kv_cells", self.n_ctx * runner.n_slots)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
@@ -87,6 +89,7 @@ class Scheduler:
         self.spec = spec if spec is not None and runner.supports_prefix_cache else SpecConfig()
         self.drafted = 0  # draft tokens verified
         self.accepted = 0  # of which the sampler accepted
+        self.drafts = 0  # chunks that carried a draft (verification steps)
 
     # ---- admission -------------------------------------------------------
 
@@ -402,6 +405,7 @@ class Scheduler:
         seq.n_computed += accepted
         self.drafted += len(draft)
         self.accepted += accepted
+        self.drafts += 1
         if seq.spec is not None:
             asked = seq.limits.draft_max
             cap = self.spec.draft_max if asked is None else min(asked, self.spec.draft_max)
@@ -488,6 +492,15 @@ class Scheduler:
 
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.seq is not None)
+
+    def kv_tokens(self) -> int:
+        """Tokens whose KV the slots hold now, reused prefixes of free slots included.
+        Read from other threads (for /metrics): a snapshot, not exact during a step."""
+        n = 0
+        for s in self.slots:
+            seq = s.seq
+            n += seq.n_computed if seq is not None else len(s.cached)
+        return n
 
 
 def _keep(res: ChunkResult, n: int) -> None:

@@ -95,7 +95,7 @@ class BackendConfig:
     # Embeddings (a second context on the same weights, made on the first request):
     # pooling "mean", "cls", "last" or "rank"; None: the GGUF's own, else mean. Each
     # embedding decode holds up to embedding_batch tokens (so no input is longer).
-    pooling: Literal["mean", "cls", "last", "rank"] | None = None
+    pooling: Literal["mean", "cls", "last", "rank", "none"] | None = None
     embedding_batch: int = 2048
     progress_callback: Callable[[float], None] | None = None
 
@@ -130,7 +130,7 @@ class BackendConfig:
             (self.draft_min >= 1, "draft_min", ">= 1"),
             (self.draft_max_batch >= 0, "draft_max_batch", ">= 0"),
             (
-                self.pooling in (None, "mean", "cls", "last", "rank"),
+                self.pooling in (None, "mean", "cls", "last", "rank", "none"),
                 "pooling",
                 "mean, cls, last or rank",
             ),

@@ -40,10 +40,29 @@ def fit_inputs(inputs: list[list[int]], max_tokens: int, truncate: bool) -> list
     return out
 
 
+def scale_rows(mat: np.ndarray, norm: int) -> np.ndarray:
+    """llama-server's ``embd_normalize`` on each row: -1 none, 0 max absolute scaled to the
+    int16 range, 1 taxicab, 2 Euclidean (L2), p > 2 the p-norm. A zero row stays zero."""
+    if norm < -1:
+        raise ValueError(f"embd_normalize: must be -1 or more, got {norm}")
+    if norm == -1:
+        return mat
+    x = np.abs(mat.astype(np.float64))
+    if norm == 0:
+        sums = x.max(axis=1, keepdims=True) / 32760.0
+    else:
+        sums = (x**norm).sum(axis=1, keepdims=True) ** (1.0 / norm)
+    return (mat / np.where(sums > 0, sums, np.inf)).astype(np.float32)
+
+
 def finish_vectors(
-    vectors: list[np.ndarray], normalize: bool = True, dimensions: int | None = None
+    vectors: list[np.ndarray],
+    normalize: bool = True,
+    dimensions: int | None = None,
+    norm: int = 2,
 ) -> np.ndarray:
-    """Stack, cut to ``dimensions`` and L2-normalise (a zero vector stays zero)."""
+    """Stack, cut to ``dimensions`` and normalise (``norm``: see scale_rows) unless not
+    ``normalize``."""
     mat = np.stack(vectors).astype(np.float32, copy=False)
     if dimensions is not None:
         if not 1 <= dimensions <= mat.shape[1]:
@@ -51,7 +70,4 @@ def finish_vectors(
                 f"dimensions: must be between 1 and the model's {mat.shape[1]}, got {dimensions}"
             )
         mat = mat[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(mat, axis=1, keepdims=True)
-        mat = mat / np.where(norms > 0, norms, 1.0)
-    return mat
+    return scale_rows(mat, norm) if normalize else mat

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ferrousforge.api.request import InferenceOptions
 from ferrousforge.engine.engine import Engine, RequestOutput, RequestStream
 from ferrousforge.engine.prompt_cache import MIB
@@ -374,39 +376,78 @@ class LlamaCppBackend:
     # ---- embeddings and ranking ------------------------------------------------------
 
     def embedding_inputs(
-        self, handle: ModelHandle, inputs: Sequence[str | list[int]], truncate: bool = False
+        self,
+        handle: ModelHandle,
+        inputs: Sequence[str | list[int] | list[int | str]],
+        truncate: bool = False,
     ) -> list[list[int]]:
-        """Token ids per input (texts with the model's special tokens, as llama-server),
-        each within one embedding decode (blocking: tokenization)."""
+        """Token ids per input, each within one embedding decode (blocking: tokenization).
+        A text gets the model's special tokens, as llama-server adds them; in a mixed list
+        of ids and texts only a leading text does (llama-server's tokenize_mixed)."""
         lm = self.loaded(handle)
         ids = []
         for i, x in enumerate(inputs):
             if isinstance(x, str):
                 ids.append(lm.vocab.tokenize(x, add_special=True, parse_special=False))
-            else:
-                lm.vocab.check_ids(list(x), f"input[{i}]")
-                ids.append(list(x))
+                continue
+            row: list[int] = []
+            for j, part in enumerate(x):
+                if isinstance(part, str):
+                    row += lm.vocab.tokenize(part, add_special=j == 0, parse_special=False)
+                else:
+                    row.append(part)
+            lm.vocab.check_ids(row, f"input[{i}]")
+            ids.append(row)
         return fit_inputs(ids, input_limit(lm.config, lm.model), truncate)
 
     async def embed(
         self,
         handle: ModelHandle,
-        inputs: Sequence[str | list[int]],
+        inputs: Sequence[str | list[int] | list[int | str]],
         *,
         normalize: bool = True,
         dimensions: int | None = None,
         truncate: bool = False,
+        norm: int = 2,
     ) -> EmbeddingResult:
         """Pooled embeddings of texts or token-id lists, one row each, in as few decodes as
         the embedding context holds (concurrent calls share them). ``pooling`` in the
-        BackendConfig picks mean/cls/last (default: the GGUF's own, else mean)."""
+        BackendConfig picks mean/cls/last (default: the GGUF's own, else mean); ``norm``
+        the normalisation when ``normalize`` (llama-server's embd_normalize, 2: L2)."""
         lm = self.loaded(handle)
-        if pooling_for(lm.config, lm.model) == "rank":
+        pooling = pooling_for(lm.config, lm.model)
+        if pooling == "rank":
             raise ValueError("model: its pooling is 'rank' (a reranker): use rerank()")
+        if pooling == "none":
+            raise ValueError(
+                "model: its pooling is 'none' (a vector per token), which /v1/embeddings "
+                "cannot return: use POST /embedding, or serve it with another --pooling"
+            )
         ids = await asyncio.to_thread(self.embedding_inputs, handle, inputs, truncate)
         vectors = await lm.engine.add_embedding(ids)
         counts = [len(x) for x in ids]
-        return EmbeddingResult(finish_vectors(vectors, normalize, dimensions), sum(counts), counts)
+        mat = finish_vectors(vectors, normalize, dimensions, norm)
+        return EmbeddingResult(mat, sum(counts), counts)
+
+    async def embed_per_token(
+        self,
+        handle: ModelHandle,
+        inputs: Sequence[str | list[int] | list[int | str]],
+        *,
+        norm: int = 2,
+        truncate: bool = False,
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """llama-server's /embedding: per input, a (tokens, n_embd) matrix with pooling
+        "none" (not normalised, as llama-server), else one row, the pooled vector scaled by
+        ``norm``. Also the token count of each input."""
+        lm = self.loaded(handle)
+        pooling = pooling_for(lm.config, lm.model)
+        if pooling != "none":
+            res = await self.embed(handle, inputs, truncate=truncate, norm=norm)
+            return [row[None, :] for row in res.vectors], res.token_counts
+        ids = await asyncio.to_thread(self.embedding_inputs, handle, inputs, truncate)
+        mats = await lm.engine.add_embedding(ids)
+        return [m.astype(np.float32, copy=False) for m in mats], [len(x) for x in ids]
 
     def rank_inputs(
         self, handle: ModelHandle, query: str, documents: Sequence[str]

@@ -97,7 +97,8 @@ class LlamaEmbedder:
         )
 
     def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
-        """One decode of all ``inputs`` (they fit: see engine/embeddings.py)."""
+        """One decode of all ``inputs`` (they fit: see engine/embeddings.py): a pooled
+        vector each, or with pooling "none" a (tokens, n_embd) matrix each."""
         lib, ctx = self._lib, self.context
         b = self._batch
         b.clear()
@@ -110,6 +111,8 @@ class LlamaEmbedder:
                 rc = ctx.decode(b.as_struct())
             if rc != 0:
                 raise DecodeError(f"embedding decode failed with code {rc}")
+            if self.pooling == "none":
+                return self._per_token(inputs)
             out = []
             for seq in range(len(inputs)):
                 ptr = lib.llama_get_embeddings_seq(ctx.ptr, seq)
@@ -120,6 +123,20 @@ class LlamaEmbedder:
         finally:
             if not self.encoder_only:
                 ctx.clear()
+
+    def _per_token(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        lib, ctx = self._lib, self.context
+        out, i = [], 0
+        for ids in inputs:
+            rows = []
+            for _ in ids:  # batch rows in order: every token is an output
+                ptr = lib.llama_get_embeddings_ith(ctx.ptr, i)
+                if not ptr:
+                    raise DecodeError(f"llama.cpp returned no embedding for batch row {i}")
+                rows.append(as_float_array(ptr, self.n_out).copy())
+                i += 1
+            out.append(np.stack(rows))
+        return out
 
     def close(self) -> None:
         self.context.close()

@@ -37,6 +37,7 @@ class LlamaRunner:
         self.n_slots = ctx.n_seq_max
         self.n_batch = ctx.n_batch
         self.n_ctx = ctx.n_ctx_seq
+        self.n_kv_cells = ctx.n_ctx if ctx.kv_unified else ctx.n_ctx_seq * ctx.n_seq_max
         self.n_vocab = ctx.n_vocab
         self.eog_ids = self.vocab.eog_ids
         self._eog = np.array(sorted(self.eog_ids), dtype=np.int32)
