@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 def add_unprefixed_routes(app: FastAPI) -> None:
     """Every /v1 route also without the prefix (/chat/completions...), as llama-server
     serves them; kept out of the OpenAPI schema, which documents each route once."""
-    taken = {(r.path, m) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
-    for route in list(app.routes):
-        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+    routes = list(_api_routes(app.routes))
+    taken = {(r.path, m) for r in routes for m in r.methods}
+    for route in routes:
+        if not route.path.startswith("/v1/"):
             continue
         path = route.path.removeprefix("/v1")
         methods = [m for m in route.methods if (path, m) not in taken]
@@ -45,6 +46,18 @@ def add_unprefixed_routes(app: FastAPI) -> None:
                 response_class=route.response_class,
                 include_in_schema=False,
             )
+
+
+def _api_routes(routes: list) -> Iterator[APIRoute]:
+    """The app's API routes, also those inside included routers (FastAPI 0.165 keeps an
+    included router whole instead of copying its routes into the app)."""
+    for r in routes:
+        if isinstance(r, APIRoute):
+            yield r
+        elif (inner := getattr(r, "original_router", None)) is not None:
+            prefix = getattr(getattr(r, "include_context", None), "prefix", "")
+            assert not prefix, "our routers are included without a prefix"
+            yield from _api_routes(inner.routes)
 
 
 async def _load(st: ServerState, on_error: Callable[[str], None] | None = None) -> None:
