@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     """`ferrousforge-server ARGS`: `ferrousforge serve ARGS`, for llama-server's scripts."""
     from ferrousforge.cli.main import main as ferrousforge_main
 
-    return ferrousforge_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    # As llama-server, a server of one model answers whatever model name a request gives.
+    args = sys.argv[1:] if argv is None else argv
+    return ferrousforge_main(["serve", "--any-model-name", *args])
 
 
 if __name__ == "__main__":

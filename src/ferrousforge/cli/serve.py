@@ -57,6 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: `ferrousforge info` should not pay for it
 
     from ferrousforge.api.app import create_app
+    from ferrousforge.api.gcp import gcp_port
     from ferrousforge.models.registry import model_specs
 
     try:
@@ -76,24 +77,27 @@ def run_serve(args: argparse.Namespace) -> int:
     except (FerrousForgeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper())
+    if args.verbose:  # llama-server's --verbose: debug logs, and __verbose in answers
+        settings.log_level = "debug"
+    level = getattr(logging, settings.log_level.upper())
     logging.getLogger("ferrousforge").setLevel(level)
     # A server whose model cannot load would answer 503 forever: stop it instead (with a
     # config file too, since a configured model would be missing).
     app = create_app(settings, specs, on_load_error=lambda _: setattr(server, "should_exit", True))
     hosts = settings.hosts
+    port = gcp_port(settings.port)  # Vertex AI names the port in its own variable
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=hosts[0],
-            port=settings.port,
+            port=port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=5,
         )
     )
     try:
         # Several addresses (llama-server's --host a,b): one socket each, one server.
-        sockets = [_bind(h, settings.port) for h in hosts] if len(hosts) > 1 else None
+        sockets = [_bind(h, port) for h in hosts] if len(hosts) > 1 else None
     except OSError as e:
         print(f"error: cannot listen: {e}", file=sys.stderr)
         return 3
