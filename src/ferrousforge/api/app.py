@@ -15,12 +15,14 @@ from fastapi.routing import APIRoute
 from ferrousforge import __version__
 from ferrousforge.api import embeddings
 from ferrousforge.api.auth import APIKeyMiddleware
+from ferrousforge.api.chat_routes import router as chat_router
 from ferrousforge.api.errors import install_error_handlers
+from ferrousforge.api.gcp import install_gcp_compat
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
 from ferrousforge.api.openapi import install_openapi
 from ferrousforge.api.responses import router as responses_router
-from ferrousforge.api.routes import ServerState, router
+from ferrousforge.api.routes import ServerState, health, router
 from ferrousforge.models.pool import ModelPool
 from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
@@ -104,6 +106,7 @@ def create_app(
         max_loaded=settings.max_loaded_models,
         memory_budget=settings.memory_budget_bytes,
         idle_unload=settings.idle_unload,
+        any_name=settings.any_model_name,
     )
     st = ServerState(settings, pool, int(time.time()))
 
@@ -131,7 +134,10 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(messages_router)
     app.include_router(responses_router)
+    app.include_router(chat_router)
     add_unprefixed_routes(app)
+    posts = [r.path for r in _api_routes(app.routes) if "POST" in r.methods]
+    install_gcp_compat(app, posts, health)  # only under Vertex AI's AIP_MODE=PREDICTION
     install_error_handlers(app)
     install_openapi(app)
     # Middleware added last runs first: CORS outermost (so errors carry its headers), then the
