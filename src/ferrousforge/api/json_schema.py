@@ -2,11 +2,12 @@
 
 Supports the subset real clients send: object/properties/required (declared
 properties only, in declared order), array/items/minItems/maxItems, tuples
-(prefixItems, or a list of item schemas), string (minLength/maxLength), number, integer, boolean, null, enum, const,
-anyOf/oneOf, type lists, local $ref (#/$defs/..., #/definitions/...) and
-single-item allOf. Validation keywords it cannot enforce (pattern, format,
-minimum...) are ignored; structures it cannot express, and schemas that no
-JSON text (or only an empty output) would match, raise GrammarError (a ValueError).
+(prefixItems, or a list of item schemas), string (minLength/maxLength), number,
+integer, boolean, null, enum, const, anyOf/oneOf, type lists, local $ref
+(#/$defs/..., #/definitions/...) and single-item allOf. Validation keywords it
+cannot enforce (pattern, format, minimum...) are ignored; structures it cannot
+express, and schemas that no JSON text (or only an empty output) would match,
+raise GrammarError (a ValueError).
 """
 
 from __future__ import annotations
