@@ -168,6 +168,12 @@ LANGUAGE = [
         ["[]", "[1]", "[1,2,3,4]", '[1,"a"]', "[1,2,]"],
     ),
     (
+        "prefixItems: a tuple of exactly those items, as llama.cpp reads it",
+        {"type": "array", "prefixItems": [{"const": 1}]},
+        ["[1]"],
+        ["[]", "[1,1]", "[2]"],
+    ),
+    (
         "array without bounds",
         {"type": "array", "items": {"type": "boolean"}},
         ["[]", "[true]", "[true, false, true, true]"],
@@ -251,6 +257,14 @@ def test_grammar_accepts_and_rejects(schema: dict, accept: list[str], reject: li
         jsonschema.validate(json.loads(text), schema)  # the oracle agrees with the schema
     for text in reject:
         assert not grammar.matches(text), f"should reject {text!r}"
+
+
+def test_a_list_of_item_schemas_is_a_tuple() -> None:
+    # Draft 4's tuple form (llama-server's suite sends it); no validator of today's drafts
+    # reads it, so no oracle here.
+    g = Grammar(schema_to_gbnf({"items": [{"type": "integer"}, {"type": "string"}]}))
+    assert g.matches('[1, "a"]') and g.matches('[ -3000 , "b"]')
+    assert not any(g.matches(t) for t in ("[1]", '["a", 1]', '[1, "a", 2]', "[]"))
 
 
 def test_json_object_grammar_is_the_generic_object() -> None:

@@ -377,7 +377,12 @@ def test_unknown_model_is_404_never_a_fallback(server: Server) -> None:
 def test_context_overflow_is_400(server: Server) -> None:
     with server.http() as h:
         r = h.post("/v1/completions", json={"prompt": "hello " * (CTX + 50), "max_tokens": 4})
-    assert _error(r, 400)["code"] == "context_length_exceeded"
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    # OpenAI's code, llama-server's type and figures
+    assert err["code"] == "context_length_exceeded" and err["message"]
+    assert err["type"] == "exceed_context_size_error"
+    assert err["n_prompt_tokens"] > CTX and 0 < err["n_ctx"] <= CTX
 
 
 def test_api_key_required_except_health(server: Server) -> None:

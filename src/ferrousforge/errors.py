@@ -38,6 +38,11 @@ class ChatTemplateError(FerrousForgeError):
 class ContextOverflowError(FerrousForgeError, ValueError):
     """The prompt plus max_tokens can never fit in the context."""
 
+    def __init__(self, message: str, n_prompt_tokens: int = 0, n_ctx: int = 0) -> None:
+        super().__init__(message)
+        self.n_prompt_tokens = n_prompt_tokens  # llama-server reports both in its error
+        self.n_ctx = n_ctx
+
 
 class EngineOverloadedError(FerrousForgeError):
     """The engine's waiting queue is full; retry later."""

@@ -306,6 +306,11 @@ class ServerSettings(BaseSettings):
         description="render chat templates with Jinja2 (off: llama.cpp's built-in template "
         "for the model's, as llama-server without --jinja; tools are then refused)",
     )
+    any_model_name: bool = Field(
+        False,
+        description="a server with one model serves it whatever model a request names, as "
+        "llama-server does (ferrousforge-server turns this on); off: an unknown name is a 404",
+    )
     metrics: bool = Field(True, description="serve /metrics in Prometheus format (off: 501)")
     slots: bool = Field(
         True,

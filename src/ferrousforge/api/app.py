@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from ferrousforge import __version__
 from ferrousforge.api import embeddings
 from ferrousforge.api.auth import OPEN_PATHS, APIKeyMiddleware
+from ferrousforge.api.chat_routes import router as chat_router
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
@@ -95,6 +96,7 @@ def create_app(
         max_loaded=settings.max_loaded_models,
         memory_budget=settings.memory_budget_bytes,
         idle_unload=settings.idle_unload,
+        any_name=settings.any_model_name,
     )
     st = ServerState(settings, pool, int(time.time()))
 
@@ -118,7 +120,7 @@ def create_app(
         description="OpenAI-compatible API for GGUF models on llama.cpp",
     )
     app.state.ff = st
-    routers = [router, embeddings.router, messages_router, responses_router]
+    routers = [router, embeddings.router, messages_router, responses_router, chat_router]
     add_unprefixed_routes(routers)
     for r in routers:
         app.include_router(r)

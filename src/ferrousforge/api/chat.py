@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ferrousforge.api.build_info import SYSTEM_FINGERPRINT
 from ferrousforge.api.completions import Job, Prompt, check_capacity, submit, usage
 from ferrousforge.api.json_schema import json_object_gbnf, schema_to_gbnf
 from ferrousforge.api.logprobs import chat_logprobs
@@ -41,13 +42,14 @@ from ferrousforge.settings import ServerSettings
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the template expects them; text parts joined into one string, legacy
-    ``function_call`` / ``function`` messages as ``tool_calls`` / ``tool`` ones."""
+    """Messages as the template expects them; text parts joined into one string, one per
+    line (as llama-server joins them), legacy ``function_call`` / ``function`` messages as
+    ``tool_calls`` / ``tool`` ones."""
     out = []
     for m in messages:
         d = m.model_dump(exclude_none=True)
         if isinstance(m.content, list):
-            d["content"] = "".join(part.text for part in m.content)
+            d["content"] = "\n".join(part.text for part in m.content)
         d.setdefault("content", "")
         call = d.pop("function_call", None)
         if m.role == "assistant" and isinstance(call, dict) and "tool_calls" not in d:
@@ -62,8 +64,16 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def grammar_for(fmt: ResponseFormat | None) -> str | None:
-    """The grammar that makes output match response_format (None for plain text)."""
+def grammar_for(
+    fmt: ResponseFormat | None, json_schema: dict[str, Any] | None = None
+) -> str | None:
+    """The grammar that makes output match response_format, or llama-server's top-level
+    ``json_schema`` (None for plain text)."""
+    plain = fmt is None or isinstance(fmt, TextFormat)
+    if json_schema is not None and (
+        plain or (isinstance(fmt, JSONObjectFormat) and not fmt.schema_)
+    ):
+        return schema_to_gbnf(json_schema) if json_schema else json_object_gbnf()
     if isinstance(fmt, JSONSchemaFormat):
         return schema_to_gbnf(fmt.json_schema.schema_)
     if isinstance(fmt, JSONObjectFormat):
@@ -75,10 +85,12 @@ def prompt_of(
     req_messages: list[ChatMessage],
     backend: LlamaCppBackend,
     lm: LoadedModel,
-    chat_template: str | None,
+    model: ModelSpec,
 ) -> Prompt:
     """The rendered conversation and its ids: what generation and /tokenize both count."""
-    chat = BackendInput.Chat(message_dicts(req_messages), chat_template=chat_template)
+    chat = BackendInput.Chat(
+        message_dicts(req_messages), chat_template=model.chat_template, jinja=model.jinja
+    )
     text = backend.render_chat(lm.handle, chat)
     return Prompt(text, backend.tokenize(lm.handle, text))
 
@@ -89,6 +101,7 @@ class ChatJob(Job):
 
     chat: ChatPlan | None = None
     legacy: bool = False
+    verbose: bool = False  # the answer carries llama-server's __verbose
 
 
 def tool_spec(req: ChatCompletionRequest, settings: ServerSettings, model: ModelSpec) -> ChatSpec:
@@ -100,8 +113,10 @@ def tool_spec(req: ChatCompletionRequest, settings: ServerSettings, model: Model
     else:
         tools = read_tools(req.tools)
         choice = parse_tool_choice(req.tool_choice, tools)
-    if choice.mode != "none" and (req.grammar is not None or not _is_text(req.response_format)):
+    constrained = req.grammar is not None or req.json_schema is not None
+    if choice.mode != "none" and (constrained or not _is_text(req.response_format)):
         what = "grammar" if req.grammar is not None else "response_format"
+        what = "json_schema" if req.json_schema is not None else what
         raise ValueError(f"{what}: cannot be combined with tools unless tool_choice is 'none'")
     reasoning = (req.reasoning_format or settings.reasoning_format) != "none"
     return ChatSpec(
@@ -118,6 +133,27 @@ def _is_text(fmt: ResponseFormat | None) -> bool:
     return fmt is None or isinstance(fmt, TextFormat)
 
 
+def continuation(req: ChatCompletionRequest) -> tuple[bool, bool]:
+    """(add_generation_prompt, continue_final_message) as llama-server settles them: a last
+    assistant message is continued unless the request says otherwise (ValueError for what
+    contradicts itself)."""
+    msgs = req.messages
+    cont = req.continue_final_message
+    add_generation = req.add_generation_prompt
+    if cont is None and msgs[-1].role == "assistant":
+        if len(msgs) >= 2 and msgs[-2].role == "assistant":
+            raise ValueError("messages: cannot have 2 or more assistant messages at the end")
+        add_generation, cont = False, True
+    elif cont and add_generation:
+        raise ValueError(
+            "continue_final_message: cannot be true with add_generation_prompt true "
+            "(set add_generation_prompt to false)"
+        )
+    if cont and msgs[-1].role == "assistant" and getattr(msgs[-1], "tool_calls", None):
+        raise ValueError("messages: cannot continue an assistant message that has tool calls")
+    return add_generation, bool(cont)
+
+
 def chat_prompt(
     req: ChatCompletionRequest,
     backend: LlamaCppBackend,
@@ -127,9 +163,27 @@ def chat_prompt(
 ) -> tuple[ChatPlan, Prompt]:
     """The request rendered with its tools, and its token ids: what generation counts (and
     what the Messages API's count_tokens answers)."""
-    chat = BackendInput.Chat(message_dicts(req.messages), chat_template=model.chat_template)
-    plan = backend.plan_chat(lm.handle, chat, spec)
+    plan = chat_plan(req, backend, lm, model, spec)
     return plan, Prompt(plan.prompt, backend.tokenize(lm.handle, plan.prompt))
+
+
+def chat_plan(
+    req: ChatCompletionRequest,
+    backend: LlamaCppBackend,
+    lm: LoadedModel,
+    model: ModelSpec,
+    spec: ChatSpec,
+) -> ChatPlan:
+    """The request rendered with its tools (what POST /apply-template answers)."""
+    add_generation, cont = continuation(req)
+    chat = BackendInput.Chat(
+        message_dicts(req.messages),
+        chat_template=model.chat_template,
+        add_generation_prompt=add_generation,
+        continue_final_message=cont,
+        jinja=model.jinja,
+    )
+    return backend.plan_chat(lm.handle, chat, spec)
 
 
 def start(
@@ -146,7 +200,9 @@ def start(
     # (a model without one would otherwise say only that): check it before rendering.
     check_capacity(lm, 1, req.n)
     spec = tool_spec(req, settings, model)
-    grammar = grammar_for(req.response_format)
+    if req.json_schema is not None and req.grammar is not None:
+        raise ValueError("json_schema: cannot be combined with grammar")
+    grammar = grammar_for(req.response_format, req.json_schema)
     plan, prompt = chat_prompt(req, backend, lm, model, spec)
     top = req.top_logprobs if req.top_logprobs is not None else 0
 
@@ -169,8 +225,17 @@ def start(
         return gen
 
     streams, gen = submit(backend, lm, [prompt], plan_for, req.n, loop)
+    verbose = req.verbose if req.verbose is not None else settings.log_level == "debug"
     return ChatJob(
-        model_id, lm, [prompt], streams, gen, req.n, chat=plan, legacy=req.functions is not None
+        model_id,
+        lm,
+        [prompt],
+        streams,
+        gen,
+        req.n,
+        chat=plan,
+        legacy=req.functions is not None,
+        verbose=verbose,
     )
 
 
@@ -217,17 +282,32 @@ async def respond(req: ChatCompletionRequest, job: ChatJob, request: Request) ->
         )
         completion += ch.final.completion_tokens
     cached = choices[0].final.cached_tokens if choices[0].final else 0
-    return JSONResponse(
-        {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": job.model_id,
-            "system_fingerprint": None,
-            "choices": body_choices,
-            "usage": usage(len(job.prompts[0].ids), completion, cached),
-        }
-    )
+    body = {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": job.model_id,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": body_choices,
+        "usage": usage(len(job.prompts[0].ids), completion, cached),
+    }
+    if job.verbose:
+        body["__verbose"] = _verbose(job, choices[0].text, completion, cached)
+    return JSONResponse(body)
+
+
+def _verbose(job: ChatJob, text: str, completion: int, cached: int) -> dict[str, Any]:
+    """llama-server's debugging fields: the prompt as the model read it (special tokens
+    written out) and the raw output, before tool calls or reasoning were parsed out."""
+    prompt = job.prompts[0]
+    return {
+        "prompt": job.lm.vocab.detokenize(prompt.ids, special=True),
+        "content": text,
+        "model": job.model_id,
+        "tokens_evaluated": len(prompt.ids),
+        "tokens_predicted": completion,
+        "tokens_cached": cached,
+    }
 
 
 def _deltas(job: ChatJob, events: list[Event]) -> list[dict[str, Any]]:
@@ -267,21 +347,25 @@ async def _events(
         "object": "chat.completion.chunk",
         "created": created,
         "model": job.model_id,
-        "system_fingerprint": None,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
     }
     if include_usage:
         base["usage"] = None
 
-    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None) -> bytes:
+    def chunk(
+        i: int, delta: dict[str, Any], lps=None, finish: str | None = None, **extra: Any
+    ) -> bytes:
         choice = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
-        return event({**base, "choices": [choice]})
+        return event({**base, "choices": [choice], **extra})
 
-    for i in range(len(job.streams)):  # OpenAI's first chunk of each choice carries the role
-        yield chunk(i, {"role": "assistant", "content": ""})
+    for i in range(len(job.streams)):  # the first chunk of each choice carries the role
+        yield chunk(i, {"role": "assistant", "content": None})
     parsers = [job.chat.parser() if job.chat else None for _ in job.streams]
     called = [False] * len(job.streams)
+    texts = [""] * len(job.streams)  # raw output, for __verbose
     completion, cached = 0, 0
     async for i, out in merge(job.streams):
+        texts[i] += out.text
         lps = chat_logprobs(job.lm.vocab, out.logprobs) if req.logprobs and out.logprobs else None
         parser = parsers[i]
         if parser is None:
@@ -297,7 +381,12 @@ async def _events(
         for k, delta in enumerate(deltas):
             yield chunk(i, delta, lps if k == 0 else None)
         if out.finish_reason is not None:
-            yield chunk(i, {}, None, _finish(job, out.finish_reason, called[i]))
+            extra = {}
+            if job.verbose:
+                extra["__verbose"] = _verbose(
+                    job, texts[i], out.completion_tokens, out.cached_tokens
+                )
+            yield chunk(i, {}, None, _finish(job, out.finish_reason, called[i]), **extra)
             completion += out.completion_tokens
             cached = out.cached_tokens if i == 0 else cached
     if include_usage:

@@ -72,11 +72,15 @@ def error_response(exc: BaseException) -> JSONResponse:
             if isinstance(exc, AuthenticationError):
                 headers["WWW-Authenticate"] = "Bearer"
             message = str(exc)
-            return JSONResponse(
-                error_body(message, type_, _param_of(message), code),
-                status_code=status,
-                headers=headers,
-            )
+            body = error_body(message, type_, _param_of(message), code)
+            if isinstance(exc, ContextOverflowError) and exc.n_ctx:
+                # llama-server's type and figures, beside OpenAI's code
+                body["error"].update(
+                    type="exceed_context_size_error",
+                    n_prompt_tokens=exc.n_prompt_tokens,
+                    n_ctx=exc.n_ctx,
+                )
+            return JSONResponse(body, status_code=status, headers=headers)
     log.error("internal error", exc_info=exc)
     return JSONResponse(
         error_body(f"internal server error: {type(exc).__name__}", "server_error"), status_code=500

@@ -1,12 +1,13 @@
 """JSON Schema -> GBNF grammar, so constrained output always parses (response_format).
 
 Supports the subset real clients send: object/properties/required (declared
-properties only, in declared order), array/items/minItems/maxItems,
-string (minLength/maxLength), number, integer, boolean, null, enum, const,
-anyOf/oneOf, type lists, local $ref (#/$defs/..., #/definitions/...) and
-single-item allOf. Validation keywords it cannot enforce (pattern, format,
-minimum...) are ignored; structures it cannot express, and schemas that no
-JSON text (or only an empty output) would match, raise GrammarError (a ValueError).
+properties only, in declared order), array/items/minItems/maxItems, tuples
+(prefixItems, or a list of item schemas), string (minLength/maxLength), number,
+integer, boolean, null, enum, const, anyOf/oneOf, type lists, local $ref
+(#/$defs/..., #/definitions/...) and single-item allOf. Validation keywords it
+cannot enforce (pattern, format, minimum...) are ignored; structures it cannot
+express, and schemas that no JSON text (or only an empty output) would match,
+raise GrammarError (a ValueError).
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ class _Converter:
             alts = [self.typed({**schema, "type": x}, f"{hint}-{x}") for x in types]
             return self.add(hint, " | ".join(alts))
         if t is None:
-            t = "object" if "properties" in schema else "array" if "items" in schema else None
+            t = "object" if "properties" in schema else None
+            if t is None and ("items" in schema or "prefixItems" in schema):
+                t = "array"
         if t == "object":
             return self.object(schema, hint)
         if t == "array":
@@ -175,8 +178,17 @@ class _Converter:
         return self.add(hint, f'"\\"" char{rep} "\\"" space')
 
     def array(self, schema: dict[str, Any], hint: str) -> str:
-        lo, hi = _bounds(schema, "minItems", "maxItems", hint)
         self.primitive("space")
+        # A list of schemas (draft 2020's prefixItems, or draft 4's items array): a tuple of
+        # exactly those elements, as llama.cpp's converter reads it.
+        key = "items" if "items" in schema else "prefixItems"
+        if isinstance(schema.get(key), list):
+            parts = [self.visit(s, f"{hint}-tuple-{i}") for i, s in enumerate(schema[key])]
+            inner = ' "," space '.join(parts)
+            return self.add(
+                hint, f'"[" space {inner} "]" space' if parts else '"[" space "]" space'
+            )
+        lo, hi = _bounds(schema, "minItems", "maxItems", hint)
         if hi == 0 or (schema.get("items") is False and lo == 0):
             return self.add(hint, '"[" space "]" space')
         item = self.visit(schema.get("items", True), f"{hint}-item")

@@ -32,7 +32,7 @@ from ferrousforge.api.schemas import (
 
 # Anthropic block types with no meaning here, each with the reason it is refused.
 _UNSUPPORTED_BLOCKS = {
-    "image": "image content is not supported: this server has no vision",
+    "image": "image input is not supported: this server has no vision",
     "document": "document content is not supported: this server has no vision",
     "search_result": "search_result content is not supported",
     "server_tool_use": "server tools are not supported",

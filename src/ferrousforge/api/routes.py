@@ -233,8 +233,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict:
 
         def ids_of() -> list[int]:
             if body.messages is not None:
-                template = st.pool.spec(mid).chat_template
-                return chat.prompt_of(body.messages, backend, lm, template).ids
+                return chat.prompt_of(body.messages, backend, lm, st.pool.spec(mid)).ids
             text = body.content if body.content is not None else body.prompt
             if text is None:
                 return []  # nothing to tokenize, as llama-server answers

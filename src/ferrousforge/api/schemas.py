@@ -245,6 +245,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     response_format: ResponseFormat | None = None
+    # llama-server's shorthand for response_format {"type": "json_object", "schema": ...}.
+    json_schema: dict[str, Any] | None = None
     tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: (
         Literal["none", "auto", "required"] | Annotated[dict[str, Any], Field(max_length=4)] | None
@@ -259,6 +261,14 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=64)] | None = None
     # llama-server's: "none" leaves <think>...</think> in the content.
     reasoning_format: Literal["auto", "deepseek", "none"] | None = None
+    # Template controls (llama-server, vLLM): end the prompt with the assistant's header, or
+    # inside the last message to continue it (the default when the last message is the
+    # assistant's: a prefill).
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool | None = None
+    # llama-server's: the answer carries "__verbose" (the prompt as the model read it, the raw
+    # output); unset: on when the server logs at debug level (--verbose).
+    verbose: StrictBool | None = None
     # Output-changing OpenAI fields this server cannot honour: a 400, never ignored.
     audio: NoAudio = None
     modalities: list[Literal["text"]] | None = Field(None, max_length=1)

@@ -7,6 +7,7 @@ choice, and parse the generated text back into content, reasoning and tool calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from ferrousforge.chat.reasoning import (
 )
 from ferrousforge.chat.rendering import checked_kwargs, render_with_tools
 from ferrousforge.chat.tools import Tool, ToolChoice
+from ferrousforge.errors import ChatTemplateError
 from ferrousforge.inference.backends.llama_cpp.chat_template import render_chat
 
 
@@ -88,6 +90,24 @@ class ChatPlan:
         )
 
 
+def render_continued(render: Callable[[list[dict[str, Any]], bool], str], messages) -> str:
+    """The conversation rendered up to the end of its last message's text (what the template
+    writes after it, such as an end-of-turn marker, is left out)."""
+    last = messages[-1] if messages else {}
+    text = last.get("content")
+    if not isinstance(text, str) or not text:
+        # Nothing to continue: the answer starts where a new turn of that role would.
+        return render(messages[:-1], True)
+    full = render(messages, False)
+    at = full.rfind(text)
+    if at < 0:
+        raise ChatTemplateError(
+            "continue_final_message: the chat template rewrites the last message, so the "
+            "prompt cannot end inside it"
+        )
+    return full[: at + len(text)]
+
+
 def _uses_tools(messages: list[dict[str, Any]]) -> bool:
     return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
@@ -100,33 +120,41 @@ def plan_chat(
     bos_token: str,
     eos_token: str,
     add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
 ) -> ChatPlan:
     """Render ``messages`` with ``template`` for ``spec`` (ValueError / GrammarError /
-    ChatTemplateError for what cannot be served)."""
+    ChatTemplateError for what cannot be served). ``continue_final_message``: the prompt ends
+    inside the last (assistant) message, so that the answer continues it."""
     kwargs = checked_kwargs(spec.template_kwargs)
     choice = spec.tool_choice
     fmt = format_named(spec.tool_format, template)
-    if spec.tools or _uses_tools(messages):
-        prompt = render_with_tools(
+
+    def render(msgs: list[dict[str, Any]], add_generation: bool) -> str:
+        if spec.tools or _uses_tools(msgs):
+            return render_with_tools(
+                template,
+                msgs,
+                tools=spec.tools,
+                choice=choice,
+                fmt=fmt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                add_generation_prompt=add_generation,
+                template_kwargs=kwargs,
+            )
+        return render_chat(
             template,
-            messages,
-            tools=spec.tools,
-            choice=choice,
-            fmt=fmt,
+            msgs,
             bos_token=bos_token,
             eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt,
-            template_kwargs=kwargs,
-        )
-    else:
-        prompt = render_chat(
-            template,
-            messages,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt,
+            add_generation_prompt=add_generation,
             **kwargs,
         )
+
+    if continue_final_message:
+        prompt = render_continued(render, messages)
+    else:
+        prompt = render(messages, add_generation_prompt)
     marks = markers_for(template) if spec.reasoning else None
     in_reasoning = marks is not None and opened_in_prompt(prompt, marks)
     calls = bool(spec.tools) and choice.mode != "none"

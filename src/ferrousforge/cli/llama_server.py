@@ -65,7 +65,10 @@ def apply_llama_server_flags(args: argparse.Namespace) -> None:
 
 # llama-server's defaults where they differ from ours, given before the caller's flags (a
 # flag given later wins) unless the setting's environment variable says otherwise.
-LLAMA_SERVER_DEFAULTS = {"metrics": "--no-metrics"}  # llama-server serves /metrics on --metrics
+LLAMA_SERVER_DEFAULTS = {
+    "metrics": "--no-metrics",  # llama-server serves /metrics on --metrics only
+    "any_model_name": "--any-model-name",  # one model answers whatever name a request gives
+}
 
 
 def main(argv: list[str] | None = None) -> int:

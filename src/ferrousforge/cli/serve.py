@@ -77,7 +77,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except (FerrousForgeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper())
+    if args.verbose:  # llama-server's --verbose: debug logs, and __verbose in answers
+        settings.log_level = "debug"
+    level = getattr(logging, settings.log_level.upper())
     logging.getLogger("ferrousforge").setLevel(level)
     # A server whose model cannot load would answer 503 forever: stop it instead (with a
     # config file too, since a configured model would be missing).

@@ -102,7 +102,9 @@ class Scheduler:
         if need > limit:
             raise ContextOverflowError(
                 f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
-                f"context size of {self.n_ctx} tokens"
+                f"context size of {self.n_ctx} tokens",
+                n_prompt_tokens=prompt_len,
+                n_ctx=self.n_ctx,
             )
 
     def add(self, seq: Sequence) -> None:

@@ -166,12 +166,18 @@ class BackendInput:
         messages: list[dict[str, Any]]
         chat_template: str | None = None  # overrides the model's template
         add_generation_prompt: bool = True
+        # The prompt ends inside the last message (an assistant prefill) and the answer
+        # continues it (add_generation_prompt then has no effect).
+        continue_final_message: bool = False
         tools: list[dict[str, Any]] | None = None
         tool_choice: str | dict[str, Any] | None = None
         parallel_tool_calls: bool = True
         chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": False}
         reasoning: bool = True
         tool_format: str | None = None  # hermes, llama3, mistral, generic; None: detect
+        # False: llama.cpp's built-in template for the template's format, without Jinja (as
+        # llama-server --no-jinja); tools and template kwargs are then refused.
+        jinja: bool = True
 
 
 Input = BackendInput.Text | BackendInput.Tokens | BackendInput.Chat

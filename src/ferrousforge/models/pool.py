@@ -112,6 +112,7 @@ class ModelPool:
         idle_unload: float | None = None,
         estimator: Estimator = estimate_cost,
         clock: Callable[[], float] = time.monotonic,
+        any_name: bool = False,
     ) -> None:
         if not specs:
             raise ValueError("models: at least one model is needed")
@@ -124,6 +125,8 @@ class ModelPool:
         self.max_loaded = max_loaded
         self.memory_budget = memory_budget
         self.idle_unload = idle_unload
+        # llama-server's single-model behaviour: the one model answers to any name.
+        self.any_name = any_name and len(self.entries) == 1
         self.stats = PoolStats()
         self._estimate = estimator
         self._clock = clock
@@ -138,7 +141,7 @@ class ModelPool:
         return next(iter(self.entries))
 
     def entry(self, model_id: str | None) -> ModelEntry:
-        mid = model_id if model_id is not None else self.default_id
+        mid = model_id if model_id is not None and not self.any_name else self.default_id
         try:
             return self.entries[mid]
         except KeyError:

@@ -34,6 +34,7 @@ class ModelSpec:
     chat_template: str | None = None
     tool_format: str | None = None  # None: the server's setting
     preload: bool = True  # loaded at startup; False: on its first request (--models-dir)
+    jinja: bool = True  # False: llama.cpp's built-in templates (--no-jinja)
 
 
 def resolve_model_path(
@@ -197,6 +198,7 @@ def _named_specs(
                 backend_config(settings, own, progress),
                 _server_template(settings) or (own.chat_template if own else None),
                 own.tool_format if own else None,
+                jinja=settings.jinja,
             )
         ]
     specs, seen = [], set()
@@ -212,13 +214,30 @@ def _named_specs(
                 backend_config(settings, m, progress),
                 m.chat_template,
                 m.tool_format,
+                jinja=settings.jinja,
             )
         )
     return specs
 
 
 def _server_template(settings: ServerSettings) -> str | None:
-    """--chat-template, or the contents of --chat-template-file."""
+    """--chat-template, or the contents of --chat-template-file; without Jinja, checked at
+    startup against llama.cpp's built-in templates, as llama-server checks it."""
     if settings.chat_template_file:
-        return Path(settings.chat_template_file).expanduser().read_text(encoding="utf-8")
-    return settings.chat_template
+        path = Path(settings.chat_template_file).expanduser()
+        try:
+            template = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"chat_template_file: cannot read {path}: {e.strerror}") from None
+    else:
+        template = settings.chat_template
+    if template and not settings.jinja:
+        from ferrousforge.inference.backends.llama_cpp.builtin_template import is_supported
+        from ferrousforge.inference.backends.llama_cpp.library import load_library
+
+        if not is_supported(load_library(settings.llama_lib), template):
+            raise ValueError(
+                "chat_template: not one of llama.cpp's built-in templates, which --no-jinja "
+                "renders with (start with --jinja, or name one: chatml, llama3, mistral-v7...)"
+            )
+    return template

@@ -30,6 +30,7 @@ from ferrousforge.inference.backend import (
     TokenLogprob,
     Usage,
 )
+from ferrousforge.inference.backends.llama_cpp.chat_template import CHATML_TEMPLATE
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
 from ferrousforge.inference.backends.llama_cpp.embedder import (
     LlamaEmbedder,
@@ -211,13 +212,27 @@ class LlamaCppBackend:
                 reasoning=chat.reasoning,
                 tool_format=chat.tool_format,
             )
+        template = chat.chat_template or lm.model.chat_template
+        if not chat.jinja:
+            from ferrousforge.chat.builtin import plan_builtin
+
+            # A model without a template gets ChatML, as llama-server gives it.
+            return plan_builtin(
+                lm.model._lib,
+                template or "chatml",
+                chat.messages,
+                spec,
+                add_generation_prompt=chat.add_generation_prompt,
+                continue_final_message=chat.continue_final_message,
+            )
         return plan_chat(
-            chat.chat_template or lm.model.chat_template,
+            CHATML_TEMPLATE if template == "chatml" else template,
             chat.messages,
             spec,
             bos_token=vocab.token_text(vocab.bos) if vocab.bos >= 0 else "",
             eos_token=vocab.token_text(vocab.eos) if vocab.eos >= 0 else "",
             add_generation_prompt=chat.add_generation_prompt,
+            continue_final_message=chat.continue_final_message,
         )
 
     def render_chat(self, handle: ModelHandle, chat: BackendInput.Chat) -> str:

@@ -14,6 +14,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ferrousforge.errors import ChatTemplateError
 
+# What --chat-template chatml means with Jinja (llama-server's own ChatML source).
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "  {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "  {{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}"
+)
+
 
 def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
