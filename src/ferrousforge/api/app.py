@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings
+from ferrousforge.api import embeddings, native
 from ferrousforge.api.auth import APIKeyMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
@@ -118,6 +118,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(messages_router)
     app.include_router(responses_router)
+    app.include_router(native.router)
     add_unprefixed_routes(app)
     install_error_handlers(app)
     install_openapi(app)

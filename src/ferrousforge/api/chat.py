@@ -31,6 +31,7 @@ from ferrousforge.api.schemas import (
 )
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
+from ferrousforge.api.timings import combined_timings, timings
 from ferrousforge.chat.parser import CallDelta, ContentDelta, Event, ParsedMessage, ReasoningDelta
 from ferrousforge.chat.plan import ChatPlan, ChatSpec
 from ferrousforge.chat.tools import parse_tool_choice, read_tools
@@ -226,6 +227,7 @@ async def respond(req: ChatCompletionRequest, job: ChatJob, request: Request) ->
             "system_fingerprint": None,
             "choices": body_choices,
             "usage": usage(len(job.prompts[0].ids), completion, cached),
+            "timings": combined_timings([ch.final for ch in choices if ch.final], len(choices)),
         }
     )
 
@@ -272,9 +274,9 @@ async def _events(
     if include_usage:
         base["usage"] = None
 
-    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None) -> bytes:
+    def chunk(i: int, delta: dict[str, Any], lps=None, finish: str | None = None, **extra) -> bytes:
         choice = {"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}
-        return event({**base, "choices": [choice]})
+        return event({**base, "choices": [choice], **extra})
 
     for i in range(len(job.streams)):  # OpenAI's first chunk of each choice carries the role
         yield chunk(i, {"role": "assistant", "content": ""})
@@ -297,7 +299,9 @@ async def _events(
         for k, delta in enumerate(deltas):
             yield chunk(i, delta, lps if k == 0 else None)
         if out.finish_reason is not None:
-            yield chunk(i, {}, None, _finish(job, out.finish_reason, called[i]))
+            # llama-server's figures ride on each choice's last chunk
+            finish = _finish(job, out.finish_reason, called[i])
+            yield chunk(i, {}, None, finish, timings=timings(out))
             completion += out.completion_tokens
             cached = out.cached_tokens if i == 0 else cached
     if include_usage:

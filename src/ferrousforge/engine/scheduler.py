@@ -128,7 +128,8 @@ class Scheduler:
         a free slot's own cache, a copy of another slot's KV, or a host-cache restore."""
         tokens = seq.all_ids
         # At least one token must be decoded to get logits; prompt logprobs need all of them.
-        max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
+        reuse = self.prefix_cache and seq.limits.cache_prompt and not seq.limits.echo_logprobs
+        max_reuse = len(tokens) - 1 if reuse else 0
         own, own_len, src, src_len = self._slot_reuse(seq, tokens, max_reuse, free)
         cache = self.host_cache
         if cache is not None and max_reuse >= MIN_RESTORE_GAIN:

@@ -49,6 +49,7 @@ class SamplingLimits:
     # Most tokens drafted per step by speculative decoding (None: the engine's setting,
     # 0: off for this request; it can lower the engine's, never raise it).
     draft_max: int | None = None
+    cache_prompt: bool = True  # False: reuse no cached prefix for this request
 
 
 @dataclass(slots=True, eq=False)
