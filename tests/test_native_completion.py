@@ -206,6 +206,12 @@ def test_samplers_order(server):
     assert bad.status_code == 400 and "samplers" in bad.json()["error"]["message"]
 
 
+def test_id_slot_runs_in_that_slot(server):
+    for slot in (1, 0, 1):
+        body = post(server, "/completion", {"prompt": PROMPT, "n_predict": 2, "id_slot": slot})
+        assert body.json()["id_slot"] == slot
+
+
 def test_cache_prompt(server):
     long = PROMPT + " a city" * 40
     post(server, "/completion", {"prompt": long, "n_predict": 1})
@@ -221,7 +227,7 @@ def test_cache_prompt(server):
     [
         {"n_keep": 10},
         {"post_sampling_probs": True},
-        {"id_slot": 1},
+        {"id_slot": 2},  # the server has slots 0 and 1
         {"t_max_predict_ms": 100},
         {"prompt": {"prompt_string": PROMPT, "multimodal_data": ["aGk="]}},
     ],

@@ -191,6 +191,9 @@ def start(
     """Tokenize and submit (blocking: run it through ``completions.prepare``)."""
     if prompts is None:
         prompts = read_native_prompts(backend, lm, req.prompt)
+    n_slots = lm.engine.runner.n_slots
+    if req.id_slot >= n_slots:
+        raise ValueError(f"id_slot: must be -1 (any) or below {n_slots}, the number of slots")
     chain = sampler_chain(req.samplers)
     off = {k: v for name in CHAIN if name not in chain for k, v in _OFF.get(name, {}).items()}
     bias = parse_logit_bias(
@@ -222,6 +225,8 @@ def start(
             defaults=defaults,
         )
         extra: dict[str, Any] = {**off, "cache_prompt": req.cache_prompt}
+        if req.id_slot >= 0:
+            extra["slot"] = req.id_slot
         if bias:
             extra["logit_bias"] = bias
         if req.preserved_tokens:

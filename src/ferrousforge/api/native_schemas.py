@@ -69,7 +69,7 @@ class NativeCompletionRequest(SamplingFields):
     timings_per_token: StrictBool = False
     response_fields: Annotated[list[StrictStr], Field(max_length=MAX_RESPONSE_FIELDS)] | None = None
     samplers: list[StrictStr] | StrictStr | None = None
-    id_slot: StrictInt = Field(-1, ge=-1, le=-1, description="only -1 (any slot)")
+    id_slot: StrictInt = Field(-1, ge=-1, le=INT32_MAX, description="-1: any slot")
     json_schema: dict[str, Any] | StrictBool | None = None
     preserved_tokens: Annotated[list[StrictStr], Field(max_length=256)] | None = None
     dynatemp_exponent: float | None = None  # only used with dynatemp_range, which is refused
