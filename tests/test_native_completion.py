@@ -270,3 +270,13 @@ def test_completions_without_prefix_is_native(server):
     r = post(server, "/completions", {"prompt": PROMPT, "n_predict": 2})
     assert r.status_code == 200
     assert "content" in r.json() and "choices" not in r.json()
+
+
+def test_n_predict_overrides_the_server_default():
+    # llama-server's --n-predict is the default of requests that set none, not a ceiling
+    with live_server("--n-predict", "3") as s:
+        short = post(s, "/completion", {"prompt": PROMPT, "ignore_eos": True}).json()
+        assert short["tokens_predicted"] == 3
+        longer = post(s, "/completion", {"prompt": PROMPT, "n_predict": 6, "ignore_eos": True})
+        assert longer.json()["tokens_predicted"] == 6
+        assert longer.json()["generation_settings"]["n_predict"] == 6

@@ -210,13 +210,19 @@ def start(
     asked = SimpleNamespace(max_completion_tokens=None, max_tokens=_asked_tokens(req))
 
     def plan_for(p: Prompt):
-        mt = max_tokens_for(
-            asked,
-            default=None,
-            prompt_len=len(p.ids),
-            n_ctx=seq_context(lm),
-            ceiling=settings.max_tokens_limit,
-        )
+        room = seq_context(lm) - len(p.ids)
+        if asked.max_tokens is not None and room > 0:
+            # llama-server: the request's n_predict wins over --n-predict (only its default);
+            # past the context it stops there ("limit", truncated)
+            mt = min(asked.max_tokens, room)
+        else:
+            mt = max_tokens_for(
+                asked,
+                default=None,
+                prompt_len=len(p.ids),
+                n_ctx=seq_context(lm),
+                ceiling=settings.max_tokens_limit,
+            )
         plan = plan_generation(
             fields,
             max_tokens=mt,
@@ -254,7 +260,8 @@ def generation_settings(
 ) -> dict[str, Any]:
     """The options one prompt ran with, under llama-server's names."""
     asked = _asked_tokens(req)
-    n_predict = -1 if asked is None and settings.max_tokens_limit < 0 else o.max_tokens
+    if asked is None:
+        asked = -1 if settings.max_tokens_limit < 0 else o.max_tokens
     bias = [{"bias": _bias_json(b), "token": t} for t, b in o.logit_bias.items()]
     if o.ignore_eos:  # llama-server lists the end-of-generation bans too
         bias += [{"bias": None, "token": t} for t in sorted(lm.vocab.eog_ids)]
@@ -285,8 +292,8 @@ def generation_settings(
         "adaptive_target": -1.0,
         "adaptive_decay": 0.9,
         "stop": list(o.stop),
-        "max_tokens": n_predict,
-        "n_predict": n_predict,
+        "max_tokens": asked,
+        "n_predict": asked,
         "n_keep": 0,
         "n_discard": 0,
         "ignore_eos": o.ignore_eos,
