@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings
+from ferrousforge.api import embeddings, native
 from ferrousforge.api.auth import OPEN_PATHS, APIKeyMiddleware
 from ferrousforge.api.chat_routes import router as chat_router
 from ferrousforge.api.errors import install_error_handlers
@@ -120,7 +120,14 @@ def create_app(
         description="OpenAI-compatible API for GGUF models on llama.cpp",
     )
     app.state.ff = st
-    routers = [router, embeddings.router, messages_router, responses_router, chat_router]
+    routers = [
+        router,
+        embeddings.router,
+        messages_router,
+        responses_router,
+        chat_router,
+        native.router,
+    ]
     add_unprefixed_routes(routers)
     for r in routers:
         app.include_router(r)

@@ -32,6 +32,7 @@ from ferrousforge.api.schemas import (
 )
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
+from ferrousforge.api.timings import combined_timings, timings
 from ferrousforge.chat.parser import CallDelta, ContentDelta, Event, ParsedMessage, ReasoningDelta
 from ferrousforge.chat.plan import ChatPlan, ChatSpec
 from ferrousforge.chat.tools import parse_tool_choice, read_tools
@@ -290,6 +291,7 @@ async def respond(req: ChatCompletionRequest, job: ChatJob, request: Request) ->
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": body_choices,
         "usage": usage(len(job.prompts[0].ids), completion, cached),
+        "timings": combined_timings([ch.final for ch in choices if ch.final], len(choices)),
     }
     if job.verbose:
         body["__verbose"] = _verbose(job, choices[0].text, completion, cached)
@@ -381,7 +383,7 @@ async def _events(
         for k, delta in enumerate(deltas):
             yield chunk(i, delta, lps if k == 0 else None)
         if out.finish_reason is not None:
-            extra = {}
+            extra: dict[str, Any] = {"timings": timings(out)}  # llama-server's figures
             if job.verbose:
                 extra["__verbose"] = _verbose(
                     job, texts[i], out.completion_tokens, out.cached_tokens

@@ -21,6 +21,7 @@ from ferrousforge.api.options import (
 from ferrousforge.api.schemas import CompletionRequest
 from ferrousforge.api.sse import event, sse_response
 from ferrousforge.api.streams import ClientDisconnected, collect, merge, unless_disconnected
+from ferrousforge.api.timings import combined_timings, timings
 from ferrousforge.engine.engine import RequestStream
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
 from ferrousforge.settings import ServerSettings
@@ -215,6 +216,7 @@ async def respond(req: CompletionRequest, job: Job, request: Request) -> Respons
             "system_fingerprint": None,
             "choices": body_choices,
             "usage": usage(prompt_tokens, completion, cached),
+            "timings": combined_timings([ch.final for ch in choices if ch.final], job.n),
         }
     )
 
@@ -252,7 +254,10 @@ async def _events(req: CompletionRequest, job: Job, cid: str, created: int) -> A
         if not text and not lps and out.finish_reason is None:
             continue
         choice = {"index": i, "text": text, "logprobs": lps, "finish_reason": out.finish_reason}
-        yield event({**base, "choices": [choice]})
+        if out.finish_reason is not None:  # llama-server's figures on each choice's last chunk
+            yield event({**base, "choices": [choice], "timings": timings(out)})
+        else:
+            yield event({**base, "choices": [choice]})
         if out.finish_reason is not None:
             completion += out.completion_tokens
             cached += out.cached_tokens if i % job.n == 0 else 0

@@ -162,6 +162,10 @@ class InferenceOptions:
     preserved_tokens: list[str] = field(default_factory=list)
     logprobs: int | None = None  # top-N log-probabilities per generated token
     echo_logprobs: bool = False  # also log-probabilities of the prompt tokens
+    # False: evaluate the whole prompt, reusing no cached prefix (llama-server's cache_prompt)
+    cache_prompt: bool = True
+    # The slot to run in (llama-server's id_slot; None: any); it waits until that one is free
+    slot: int | None = None
     # Speculative decoding: most tokens drafted per step (None: the model's setting; 0: off
     # for this request). Outputs are the same either way; only the speed differs.
     draft_max: int | None = None

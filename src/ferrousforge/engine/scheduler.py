@@ -133,7 +133,8 @@ class Scheduler:
         a free slot's own cache, a copy of another slot's KV, or a host-cache restore."""
         tokens = seq.all_ids
         # At least one token must be decoded to get logits; prompt logprobs need all of them.
-        max_reuse = 0 if (not self.prefix_cache or seq.limits.echo_logprobs) else len(tokens) - 1
+        reuse = self.prefix_cache and seq.limits.cache_prompt and not seq.limits.echo_logprobs
+        max_reuse = len(tokens) - 1 if reuse else 0
         own, own_len, src, src_len = self._slot_reuse(seq, tokens, max_reuse, free)
         cache = self.host_cache
         if cache is not None and max_reuse >= MIN_RESTORE_GAIN:
@@ -275,6 +276,12 @@ class Scheduler:
             sibling = seq.share_prefix_with
             if sibling is not None and not sibling.is_finished and not sibling.prefill_done:
                 continue  # n > 1: copy the sibling's prompt KV once it exists
+            if seq.limits.slot is not None:  # pinned: only that slot, once it is free
+                pinned = [s for s in free if s.id == seq.limits.slot]
+                if pinned:
+                    free.remove(pinned[0])
+                    self._admit(seq, plan, pinned)
+                continue
             self._admit(seq, plan, free)
         if self.runner.wants_contiguous_slots:
             self._compact(plan)
@@ -314,9 +321,15 @@ class Scheduler:
             return
         self._gap_steps = 0
         while self._has_gap():
-            busy = [s for s in self.slots if s.seq is not None]
             free = [s for s in self.slots if s.seq is None]
-            src, dst = busy[-1], free[0]
+            movable = [  # a sequence pinned to its slot (id_slot) stays there
+                s
+                for s in self.slots
+                if s.seq is not None and s.seq.limits.slot is None and s.id > free[0].id
+            ]
+            if not movable:
+                break
+            src, dst = movable[-1], free[0]
             seq = src.seq
             self._save(dst)  # its idle KV is about to be overwritten by the move
             plan.kv_ops.append(KVOp("cp", dst.id, -1, -1, src=src.id))

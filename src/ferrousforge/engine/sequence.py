@@ -49,6 +49,8 @@ class SamplingLimits:
     # Most tokens drafted per step by speculative decoding (None: the engine's setting,
     # 0: off for this request; it can lower the engine's, never raise it).
     draft_max: int | None = None
+    cache_prompt: bool = True  # False: reuse no cached prefix for this request
+    slot: int | None = None  # run in this slot only (waits for it); never moved out of it
 
 
 @dataclass(slots=True, eq=False)

@@ -100,6 +100,8 @@ def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
         o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
     )
     limits.draft_max = o.draft_max
+    limits.cache_prompt = o.cache_prompt
+    limits.slot = o.slot
     keep = vocab.special_ids(o.preserved_tokens) if o.preserved_tokens else frozenset()
     if keep:
         limits.piece = lambda t: vocab.piece(t, t in keep)

@@ -22,6 +22,13 @@ class Vocab:
         self.sep = lib.llama_vocab_sep(ptr)
         self.add_eos = bool(lib.llama_vocab_get_add_eos(ptr))
         self.add_sep = bool(lib.llama_vocab_get_add_sep(ptr))
+        # Fill-in-the-middle tokens (-1 where the model has none): prefix, suffix, middle,
+        # repository and file separator, as llama.cpp reads them from the GGUF.
+        self.fim_pre = lib.llama_vocab_fim_pre(ptr)
+        self.fim_suf = lib.llama_vocab_fim_suf(ptr)
+        self.fim_mid = lib.llama_vocab_fim_mid(ptr)
+        self.fim_rep = lib.llama_vocab_fim_rep(ptr)
+        self.fim_sep = lib.llama_vocab_fim_sep(ptr)
         self.eog_ids = frozenset(t for t in range(self.n_tokens) if lib.llama_vocab_is_eog(ptr, t))
         self._pieces: list[bytes | None] = [None] * self.n_tokens
         self._special_pieces: dict[int, bytes] = {}
