@@ -91,8 +91,17 @@ class ServerSettings(BaseSettings):
     alias: str | None = Field(
         None,
         description="the name clients use for --model in the 'model' field (default: the "
-        "file's stem)",
+        "file's stem); several comma-separated names all serve it, the first in sorted order "
+        "is its id (as llama-server)",
         json_schema_extra=flags("-a"),
+    )
+    tags: str | None = Field(
+        None, description="comma-separated tags of --model, listed in /v1/models (as llama-server)"
+    )
+    any_model_name: bool = Field(
+        False,
+        description="with one --model, a request naming another model gets it instead of a "
+        "404 (as llama-server, which ignores the name; ferrousforge-server turns this on)",
     )
     pull: bool = Field(
         False,
@@ -320,7 +329,19 @@ class ServerSettings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it)"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="origins allowed by CORS (repeatable; off when empty)"
+        default_factory=list,
+        description="origins allowed by CORS (repeatable; off when empty; '*': any, "
+        "'localhost': any origin on this machine; ferrousforge-server defaults to '*' as "
+        "llama-server)",
+    )
+    cors_methods: str = Field(
+        "GET, POST, DELETE, OPTIONS", description="methods a CORS preflight allows"
+    )
+    cors_headers: str = Field("*", description="headers a CORS preflight allows")
+    cors_credentials: bool = Field(
+        True,
+        description="CORS allows credentials (with --cors-origins '*' the request's Origin "
+        "is echoed back, as llama-server)",
     )
     llama_lib: str | None = Field(
         None, description="use this libllama (file or directory) instead of the bundled one"

@@ -9,12 +9,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings
+from ferrousforge.api import embeddings, props, slots
 from ferrousforge.api.auth import APIKeyMiddleware
+from ferrousforge.api.cors import CORSMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
@@ -28,12 +28,25 @@ from ferrousforge.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
+def _api_routes(routes: list) -> list[APIRoute]:
+    """The APIRoutes of an app, also inside included routers (FastAPI >= 0.165 keeps an
+    included router as one entry of ``app.routes``; our routers have no prefix)."""
+    out: list[APIRoute] = []
+    for r in routes:
+        if isinstance(r, APIRoute):
+            out.append(r)
+        elif hasattr(r, "original_router"):
+            out += _api_routes(r.original_router.routes)
+    return out
+
+
 def add_unprefixed_routes(app: FastAPI) -> None:
     """Every /v1 route also without the prefix (/chat/completions...), as llama-server
     serves them; kept out of the OpenAPI schema, which documents each route once."""
-    taken = {(r.path, m) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
-    for route in list(app.routes):
-        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+    routes = _api_routes(app.routes)
+    taken = {(r.path, m) for r in routes for m in r.methods}
+    for route in routes:
+        if not route.path.startswith("/v1/"):
             continue
         path = route.path.removeprefix("/v1")
         methods = [m for m in route.methods if (path, m) not in taken]
@@ -91,6 +104,7 @@ def create_app(
         max_loaded=settings.max_loaded_models,
         memory_budget=settings.memory_budget_bytes,
         idle_unload=settings.idle_unload,
+        any_name=settings.any_model_name and settings.model is not None,
     )
     st = ServerState(settings, pool, int(time.time()))
 
@@ -118,6 +132,8 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(messages_router)
     app.include_router(responses_router)
+    app.include_router(props.router)
+    app.include_router(slots.router)
     add_unprefixed_routes(app)
     install_error_handlers(app)
     install_openapi(app)
@@ -127,10 +143,13 @@ def create_app(
         app.add_middleware(APIKeyMiddleware, keys=settings.api_key)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
+        if settings.cors_origins == ["*"] and not settings.api_key:
+            log.warning("security: no API key is set and CORS allows every origin")
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
+            origins=settings.cors_origins,
+            methods=settings.cors_methods,
+            headers=settings.cors_headers,
+            credentials=settings.cors_credentials,
         )
     return app

@@ -9,6 +9,7 @@ other llama-server flag is an argparse error that names it: none is silently ign
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # Flags that ask for what FerrousForge always does; accepted so llama-server scripts run.
@@ -62,11 +63,30 @@ def apply_llama_server_flags(args: argparse.Namespace) -> None:
             args.pull = True  # llama-server downloads -hf models; --offline says otherwise
 
 
+def llama_server_defaults(argv: list[str]) -> list[str]:
+    """llama-server's defaults where they differ from `ferrousforge serve`'s, unless the
+    command line or env sets them: CORS allows any origin (``--cors-origins '*'``), and a
+    request's model name is not checked when one --model is served (``--any-model-name``)."""
+    defaults = []
+    if not _given(argv, "--cors-origins", "FERROUSFORGE_CORS_ORIGINS"):
+        defaults += ["--cors-origins", "*"]
+    if not _given(argv, "--any-model-name", "FERROUSFORGE_ANY_MODEL_NAME", "--no-any-model-name"):
+        defaults.append("--any-model-name")
+    return [*defaults, *argv]
+
+
+def _given(argv: list[str], flag: str, env: str, *others: str) -> bool:
+    flags = (flag, *others)
+    return bool(os.environ.get(env)) or any(a.split("=")[0] in flags for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`ferrousforge-server ARGS`: `ferrousforge serve ARGS`, for llama-server's scripts."""
+    """`ferrousforge-server ARGS`: `ferrousforge serve ARGS` with llama-server's defaults,
+    for llama-server's scripts."""
     from ferrousforge.cli.main import main as ferrousforge_main
 
-    return ferrousforge_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    args = llama_server_defaults(sys.argv[1:] if argv is None else argv)
+    return ferrousforge_main(["serve", *args])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class ModelSpec:
     chat_template: str | None = None
     tool_format: str | None = None  # None: the server's setting
     preload: bool = True  # loaded at startup; False: on its first request (--models-dir)
+    aliases: tuple[str, ...] = ()  # other names requests may use (--alias a,b,c)
+    tags: tuple[str, ...] = ()  # shown in /v1/models (--tags)
 
 
 def resolve_model_path(
@@ -190,13 +192,18 @@ def _named_specs(
     if settings.model is not None or not models:
         mid, path = resolve_model_path(settings.model, models, pull=settings.pull)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
+        # llama-server's --alias a,b,c: every name serves the model, the id is the first in
+        # sorted order (as its std::set gives it).
+        names = _names(settings.alias)
         return [
             ModelSpec(
-                settings.alias or mid,
+                names[0] if names else mid,
                 path,
                 backend_config(settings, own, progress),
                 _server_template(settings) or (own.chat_template if own else None),
                 own.tool_format if own else None,
+                aliases=tuple(names),
+                tags=tuple(_names(settings.tags)),
             )
         ]
     specs, seen = [], set()
@@ -215,6 +222,11 @@ def _named_specs(
             )
         )
     return specs
+
+
+def _names(value: str | None) -> list[str]:
+    """The sorted, distinct names of a comma-separated list."""
+    return sorted({n.strip() for n in (value or "").split(",") if n.strip()})
 
 
 def _server_template(settings: ServerSettings) -> str | None:
