@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings, props, slots
+from ferrousforge.api import embeddings, input_tokens, props, slots
 from ferrousforge.api.auth import APIKeyMiddleware
 from ferrousforge.api.cors import CORSMiddleware
 from ferrousforge.api.errors import install_error_handlers
@@ -133,6 +133,7 @@ def create_app(
     app.include_router(messages_router)
     app.include_router(responses_router)
     app.include_router(props.router)
+    app.include_router(input_tokens.router)
     app.include_router(slots.router)
     add_unprefixed_routes(app)
     install_error_handlers(app)
