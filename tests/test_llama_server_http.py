@@ -83,14 +83,17 @@ def test_a_list_of_origins_allows_those_only() -> None:
 def test_ferrousforge_server_takes_llama_servers_defaults(monkeypatch) -> None:
     monkeypatch.delenv("FERROUSFORGE_CORS_ORIGINS", raising=False)
     monkeypatch.delenv("FERROUSFORGE_ANY_MODEL_NAME", raising=False)
+    monkeypatch.delenv("FERROUSFORGE_HTTP", raising=False)
     assert llama_server_defaults(["-m", "x.gguf"]) == [
         "--cors-origins",
         "*",
         "--any-model-name",
+        "--http",
+        "h11",
         "-m",
         "x.gguf",
     ]
-    given = ["--cors-origins=localhost", "--no-any-model-name"]
+    given = ["--cors-origins=localhost", "--no-any-model-name", "--http", "auto"]
     assert llama_server_defaults(given) == given
 
 

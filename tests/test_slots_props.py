@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import httpx
@@ -186,3 +187,29 @@ def test_no_slots_turns_the_routes_off_and_no_save_path_refuses_save() -> None:
         r = httpx.post(s.url + "/slots/0?action=save", json={"filename": "x.bin"})
         assert r.status_code == 501 and "--slot-save-path" in r.json()["error"]["message"]
         assert httpx.post(s.url + "/slots/0?action=erase").status_code == 200
+
+
+def test_input_tokens_count_the_prompt_as_generation_does(server) -> None:
+    messages = [{"role": "user", "content": "Name three rivers of Europe."}]
+    with http(server) as c:
+        counted = c.post("/chat/completions/input_tokens", json={"messages": messages})
+        ran = c.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+        assert counted.json()["input_tokens"] == ran.json()["usage"]["prompt_tokens"]
+        body = {"input": "Name three rivers of Europe.", "instructions": "Be brief."}
+        counted = c.post("/v1/responses/input_tokens", json=body)
+        ran = c.post("/v1/responses", json={**body, "max_output_tokens": 16})
+        assert counted.json()["input_tokens"] == ran.json()["usage"]["input_tokens"]
+
+
+def test_props_say_when_an_idle_model_sleeps_and_do_not_wake_it() -> None:
+    with live_server("--parallel", "1", "--ctx-size", "256", "--sleep-idle-seconds", "0.2") as s:
+        for _ in range(300):  # bounded: the reaper looks every 0.1 s
+            if httpx.get(s.url + "/props").json()["is_sleeping"]:
+                break
+            time.sleep(0.05)
+        props = httpx.get(s.url + "/props").json()
+        assert props["is_sleeping"] is True and props["default_generation_settings"]["n_ctx"] == 256
+        assert httpx.get(s.url + "/health").status_code == 200
+        assert httpx.get(s.url + "/v1/models").json()["data"][0]["status"] == "unloaded"
+        r = httpx.post(s.url + "/tokenize", json={"content": "Hello"}, timeout=60)
+        assert r.status_code == 200 and r.json()["tokens"]  # a request wakes it (loads it)

@@ -111,6 +111,12 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on (several: comma-separated)")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    http: Literal["auto", "h11", "httptools"] = Field(
+        "auto",
+        description="HTTP/1.1 implementation: httptools (auto, when installed) is the faster; "
+        "h11 sends header names with their casing, as llama-server (ferrousforge-server's "
+        "default, for clients that look headers up case-sensitively)",
+    )
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API key clients must send as 'Authorization: Bearer KEY' (repeatable; "

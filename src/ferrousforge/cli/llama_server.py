@@ -66,12 +66,15 @@ def apply_llama_server_flags(args: argparse.Namespace) -> None:
 def llama_server_defaults(argv: list[str]) -> list[str]:
     """llama-server's defaults where they differ from `ferrousforge serve`'s, unless the
     command line or env sets them: CORS allows any origin (``--cors-origins '*'``), and a
-    request's model name is not checked when one --model is served (``--any-model-name``)."""
+    request's model name is not checked when one --model is served (``--any-model-name``),
+    and response header names keep their casing (``--http h11``)."""
     defaults = []
     if not _given(argv, "--cors-origins", "FERROUSFORGE_CORS_ORIGINS"):
         defaults += ["--cors-origins", "*"]
     if not _given(argv, "--any-model-name", "FERROUSFORGE_ANY_MODEL_NAME", "--no-any-model-name"):
         defaults.append("--any-model-name")
+    if not _given(argv, "--http", "FERROUSFORGE_HTTP"):
+        defaults += ["--http", "h11"]  # response header names keep their casing
     return [*defaults, *argv]
 
 
