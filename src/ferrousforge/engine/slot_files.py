@@ -53,6 +53,9 @@ class SlotCommand:
     filename: str | None = None  # as the client named it, for the answer
     started: float = field(default_factory=time.perf_counter)
 
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         def done() -> None:
             if self.future.done():  # the caller went away
@@ -125,7 +128,6 @@ def run_command(cmd: SlotCommand, scheduler, runner, speculative: bool = False) 
         runner.release_slot(slot.id, 0)
         slot.cached, slot.saved = [], False
         return {"id_slot": cmd.slot, "n_erased": n}
-    ms = lambda: (time.perf_counter() - cmd.started) * 1000.0  # noqa: E731
     if cmd.action == "save":
         tokens = list(slot.cached)
         n_written = runner.save_slot_file(slot.id, cmd.path, pack_tokens(tokens))
@@ -136,7 +138,7 @@ def run_command(cmd: SlotCommand, scheduler, runner, speculative: bool = False) 
             "filename": cmd.filename,
             "n_saved": len(tokens),
             "n_written": n_written,
-            "timings": {"save_ms": ms()},
+            "timings": {"save_ms": cmd.elapsed_ms()},
         }
     n_read, packed = runner.load_slot_file(slot.id, cmd.path)
     slot.cached, slot.saved = [], False
@@ -157,5 +159,5 @@ def run_command(cmd: SlotCommand, scheduler, runner, speculative: bool = False) 
         "filename": cmd.filename,
         "n_restored": len(tokens),
         "n_read": n_read,
-        "timings": {"restore_ms": ms()},
+        "timings": {"restore_ms": cmd.elapsed_ms()},
     }
