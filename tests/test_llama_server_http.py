@@ -4,6 +4,8 @@ ferrousforge-server's llama-server defaults."""
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,43 @@ def test_any_model_name_serves_the_one_model_under_any_name() -> None:
     assert _client(model="m").get("/v1/models/gpt-4o").status_code == 404
     r = _client(model="m", any_model_name=True).get("/v1/models/gpt-4o")
     assert r.status_code == 200 and r.json()["id"] == "m"
+
+
+class _Capture(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.captured = dict(self.headers)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def target():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    srv.captured = {}  # type: ignore[attr-defined]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_cors_proxy_forwards_only_the_headers_named_for_it(target) -> None:
+    url = f"/cors-proxy?url=http://127.0.0.1:{target.server_port}/capture"
+    headers = {
+        "Authorization": "Bearer k",
+        "Cookie": "session=secret",
+        "X-Api-Key": "k",
+        "x-llama-server-proxy-header-accept": "application/json",
+        "x-llama-server-proxy-header-authorization": "Bearer explicit",
+    }
+    assert _client(api_key=["k"]).get(url, headers=headers).status_code == 403  # off
+    r = _client(api_key=["k"], ui_mcp_proxy=True).get(url, headers=headers)
+    assert r.status_code == 200 and r.text == "ok"
+    sent = {k.lower(): v for k, v in target.captured.items()}
+    assert sent["accept"] == "application/json" and sent["authorization"] == "Bearer explicit"
+    assert "cookie" not in sent and "x-api-key" not in sent
+    assert _client(ui_mcp_proxy=True).get("/cors-proxy?url=file:///etc/passwd").status_code == 400

@@ -349,6 +349,12 @@ class ServerSettings(BaseSettings):
         description="CORS allows credentials (with --cors-origins '*' the request's Origin "
         "is echoed back, as llama-server)",
     )
+    ui_mcp_proxy: bool = Field(
+        False,
+        description="serve llama-server's experimental CORS proxy, GET/POST /cors-proxy?url=URL "
+        "(the server fetches URLs for API-key holders; off: 403)",
+        json_schema_extra=flags("--webui-mcp-proxy"),
+    )
     llama_lib: str | None = Field(
         None, description="use this libllama (file or directory) instead of the bundled one"
     )

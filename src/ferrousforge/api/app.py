@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings, input_tokens, props, slots
+from ferrousforge.api import cors_proxy, embeddings, input_tokens, props, slots
 from ferrousforge.api.auth import APIKeyMiddleware
 from ferrousforge.api.cors import CORSMiddleware
 from ferrousforge.api.errors import install_error_handlers
@@ -134,6 +134,7 @@ def create_app(
     app.include_router(responses_router)
     app.include_router(props.router)
     app.include_router(input_tokens.router)
+    app.include_router(cors_proxy.router)
     app.include_router(slots.router)
     add_unprefixed_routes(app)
     install_error_handlers(app)
