@@ -199,6 +199,9 @@ def test_input_tokens_count_the_prompt_as_generation_does(server) -> None:
         counted = c.post("/v1/responses/input_tokens", json=body)
         ran = c.post("/v1/responses", json={**body, "max_output_tokens": 16})
         assert counted.json()["input_tokens"] == ran.json()["usage"]["input_tokens"]
+        # llama-server needs no model on the Messages count either
+        counted = c.post("/v1/messages/count_tokens", json={"messages": messages})
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
 
 
 def test_props_say_when_an_idle_model_sleeps_and_do_not_wake_it() -> None:
