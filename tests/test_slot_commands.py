@@ -1,5 +1,6 @@
 """Slot commands on the engine thread with a scripted runner: list, erase, save, restore."""
 
+import threading
 from array import array
 
 import pytest
@@ -53,11 +54,38 @@ async def test_list_shows_the_request_that_ran_in_each_slot(engine):
     assert not first.is_processing and first.max_tokens == 5
 
 
-async def test_a_busy_slot_is_refused_and_a_bad_file_leaves_the_slot_empty(engine, tmp_path):
+class GatedRunner(ScriptedRunner):
+    """Its second step waits for ``gate``: a command sent meanwhile finds the slot busy."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.gate = threading.Event()
+        self.steps = 0
+
+    def execute(self, plan):
+        self.steps += 1
+        if self.steps == 2:
+            self.gate.wait(30)
+        return super().execute(plan)
+
+
+async def test_a_busy_slot_is_refused_and_a_bad_file_leaves_the_slot_empty(tmp_path):
+    runner = GatedRunner(n_slots=2, n_batch=64)  # the prompt in one step, then a token
+    engine = Engine(runner, piece)
+    try:
+        await _busy_then_bad_file(engine, runner, tmp_path)
+    finally:
+        runner.gate.set()
+        engine.shutdown()
+
+
+async def _busy_then_bad_file(engine: Engine, runner: GatedRunner, tmp_path) -> None:
     stream = engine.add_request(PROMPT, SamplingLimits(max_tokens=200), ScriptedSampler())
     await stream.__anext__()  # it runs in slot 0 now
+    busy = engine.slot_command("save", 0, path=str(tmp_path / "x"), filename="x")
+    runner.gate.set()  # the command runs before the step after next: 200 tokens are far off
     with pytest.raises(SlotBusyError):
-        await engine.slot_command("save", 0, path=str(tmp_path / "x"), filename="x")
+        await busy
     with pytest.raises(ValueError, match="no slot 7"):
         await engine.slot_command("erase", 7)
     stream.abort()
