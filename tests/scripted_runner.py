@@ -156,6 +156,28 @@ class ScriptedRunner:
         self.restores.append((slot, len(tokens)))
         return True
 
+    def save_slot_file(self, slot: int, path: str, tokens: list[int]) -> int:
+        """A slot file: the token list, then the KV (the slot's token ids), as int32."""
+        held = self.contents.get(slot, [])
+        data = array("i", [len(tokens), *tokens, *held]).tobytes()
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data)
+
+    def load_slot_file(self, slot: int, path: str) -> tuple[int, list[int]]:
+        self.kv[slot], self.contents[slot] = 0, []
+        try:
+            with open(path, "rb") as f:
+                data = array("i", f.read())
+        except OSError:
+            return 0, []
+        n = data[0] if data else -1
+        if not 0 <= n < len(data):
+            return 0, []
+        tokens, held = data[1 : 1 + n].tolist(), data[1 + n :].tolist()
+        self.kv[slot], self.contents[slot] = len(held), held
+        return len(data) * 4, tokens
+
     def free_sampler(self, seq: Sequence) -> None:
         if seq.sampler is not None:
             seq.sampler.close()

@@ -89,13 +89,16 @@ def _wait_for_error(c: TestClient, headers: dict[str, str]) -> dict:
     pytest.fail("the model never finished failing to load")
 
 
+UNAVAILABLE = {"code": 503, "message": "Model failed to load", "type": "unavailable_error"}
+
+
 def test_health_shows_load_details_only_with_a_key(refused: Path, caplog) -> None:
     caplog.set_level(logging.ERROR, logger="ferrousforge.api.app")
     with _failed_client(refused, api_key=["sk-one"]) as c:
-        assert _wait_for_error(c, {}) == {"status": "error"}  # no path, no llama.cpp lines
-        assert c.get("/health", headers={"Authorization": "Bearer nope"}).json() == {
-            "status": "error"
-        }
+        # llama-server's error body, without the path or llama.cpp's lines
+        hidden = {"status": "error", "error": UNAVAILABLE}
+        assert _wait_for_error(c, {}) == hidden
+        assert c.get("/health", headers={"Authorization": "Bearer nope"}).json() == hidden
         shown = c.get("/health", headers={"Authorization": "Bearer sk-one"}).json()
         assert shown["status"] == "error" and str(refused) in shown["message"]
     logged = "\n".join(r.getMessage() for r in caplog.records)

@@ -52,6 +52,10 @@ class EngineOverloadedError(FerrousForgeError):
         self.retry_after = retry_after
 
 
+class SlotBusyError(EngineOverloadedError):
+    """A slot command (save, restore, erase) named a slot that is processing a request."""
+
+
 class EngineStoppedError(FerrousForgeError):
     """The engine was shut down before (or while) serving the request."""
 

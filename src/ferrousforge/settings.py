@@ -91,8 +91,17 @@ class ServerSettings(BaseSettings):
     alias: str | None = Field(
         None,
         description="the name clients use for --model in the 'model' field (default: the "
-        "file's stem)",
+        "file's stem); several comma-separated names all serve it, the first in sorted order "
+        "is its id (as llama-server)",
         json_schema_extra=flags("-a"),
+    )
+    tags: str | None = Field(
+        None, description="comma-separated tags of --model, listed in /v1/models (as llama-server)"
+    )
+    any_model_name: bool = Field(
+        False,
+        description="with one --model, a request naming another model gets it instead of a "
+        "404 (as llama-server, which ignores the name; ferrousforge-server turns this on)",
     )
     pull: bool = Field(
         False,
@@ -102,6 +111,12 @@ class ServerSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on (several: comma-separated)")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    http: Literal["auto", "h11", "httptools"] = Field(
+        "auto",
+        description="HTTP/1.1 implementation: httptools (auto, when installed) is the faster; "
+        "h11 sends header names with their casing, as llama-server (ferrousforge-server's "
+        "default, for clients that look headers up case-sensitively)",
+    )
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API key clients must send as 'Authorization: Bearer KEY' (repeatable; "
@@ -326,7 +341,25 @@ class ServerSettings(BaseSettings):
         4 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it)"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="origins allowed by CORS (repeatable; off when empty)"
+        default_factory=list,
+        description="origins allowed by CORS (repeatable; off when empty; '*': any, "
+        "'localhost': any origin on this machine; ferrousforge-server defaults to '*' as "
+        "llama-server)",
+    )
+    cors_methods: str = Field(
+        "GET, POST, DELETE, OPTIONS", description="methods a CORS preflight allows"
+    )
+    cors_headers: str = Field("*", description="headers a CORS preflight allows")
+    cors_credentials: bool = Field(
+        True,
+        description="CORS allows credentials (with --cors-origins '*' the request's Origin "
+        "is echoed back, as llama-server)",
+    )
+    ui_mcp_proxy: bool = Field(
+        False,
+        description="serve llama-server's experimental CORS proxy, GET/POST /cors-proxy?url=URL "
+        "(the server fetches URLs for API-key holders; off: 403)",
+        json_schema_extra=flags("--webui-mcp-proxy"),
     )
     llama_lib: str | None = Field(
         None, description="use this libllama (file or directory) instead of the bundled one"

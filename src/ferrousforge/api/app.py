@@ -9,13 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from ferrousforge import __version__
-from ferrousforge.api import embeddings, native
+from ferrousforge.api import cors_proxy, embeddings, input_tokens, native, props, slots
 from ferrousforge.api.auth import OPEN_PATHS, APIKeyMiddleware
 from ferrousforge.api.chat_routes import router as chat_router
+from ferrousforge.api.cors import CORSMiddleware
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
@@ -96,7 +96,7 @@ def create_app(
         max_loaded=settings.max_loaded_models,
         memory_budget=settings.memory_budget_bytes,
         idle_unload=settings.idle_unload,
-        any_name=settings.any_model_name,
+        any_name=settings.any_model_name and settings.model is not None,
     )
     st = ServerState(settings, pool, int(time.time()))
 
@@ -127,6 +127,10 @@ def create_app(
         responses_router,
         chat_router,
         native.router,
+        props.router,
+        input_tokens.router,
+        cors_proxy.router,
+        slots.router,
     ]
     add_unprefixed_routes(routers)
     for r in routers:
@@ -143,10 +147,13 @@ def create_app(
         app.add_middleware(APIKeyMiddleware, keys=settings.api_key, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
+        if settings.cors_origins == ["*"] and not settings.api_key:
+            log.warning("security: no API key is set and CORS allows every origin")
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
+            origins=settings.cors_origins,
+            methods=settings.cors_methods,
+            headers=settings.cors_headers,
+            credentials=settings.cors_credentials,
         )
     return app

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferrousforge.api.errors import error_response, shaped_for
 from ferrousforge.errors import AuthenticationError
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/v1/health"})
 
 
 def header(scope: Scope, name: bytes) -> str | None:

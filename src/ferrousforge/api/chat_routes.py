@@ -1,5 +1,5 @@
-"""llama-server's chat routes beside /v1/chat/completions: the prompt a request renders to
-(POST /apply-template) and its token count (POST /v1/chat/completions/input_tokens)."""
+"""llama-server's chat route beside /v1/chat/completions: the prompt a request renders to
+(POST /apply-template); its token count is in api/input_tokens.py."""
 
 from __future__ import annotations
 
@@ -29,17 +29,3 @@ async def apply_template(body: ChatCompletionRequest, request: Request) -> dict:
             return chat.chat_plan(body, st.pool.backend, lm, model, spec).prompt
 
         return {"prompt": await asyncio.to_thread(render)}
-
-
-@router.post("/v1/chat/completions/input_tokens", responses=ERROR_RESPONSES)
-async def count_input_tokens(body: ChatCompletionRequest, request: Request) -> dict:
-    """``{"input_tokens": N}``: the prompt tokens /v1/chat/completions would read."""
-    st = state(request)
-    async with model_for(request, body.model) as (mid, lm):
-        model = st.pool.spec(mid)
-
-        def count() -> int:
-            spec = chat.tool_spec(body, st.settings, model)
-            return len(chat.chat_prompt(body, st.pool.backend, lm, model, spec)[1].ids)
-
-        return {"input_tokens": await asyncio.to_thread(count)}

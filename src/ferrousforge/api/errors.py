@@ -26,6 +26,7 @@ from ferrousforge.errors import (
     RequestTooLargeError,
     ResponseNotFoundError,
     SamplingBudgetError,
+    SlotBusyError,
 )
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,12 @@ log = logging.getLogger(__name__)
 # class -> (status, OpenAI error type, code); the first matching class wins, so subclasses
 # come before their bases (ContextOverflowError is a ValueError).
 ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
-    (AuthenticationError, 401, "invalid_request_error", "invalid_api_key"),
+    (AuthenticationError, 401, "authentication_error", "invalid_api_key"),  # llama-server's type
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
     (ResponseNotFoundError, 404, "invalid_request_error", "previous_response_not_found"),
     (ContextOverflowError, 400, "invalid_request_error", "context_length_exceeded"),
     (RequestTooLargeError, 413, "invalid_request_error", "request_too_large"),
+    (SlotBusyError, 503, "unavailable_error", "slot_busy"),
     (EngineOverloadedError, 503, "server_error", "overloaded"),
     (ModelLoadFailedError, 503, "server_error", "model_load_failed"),
     (ModelNotReadyError, 503, "server_error", "model_loading"),

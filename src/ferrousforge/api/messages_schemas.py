@@ -184,7 +184,8 @@ def _no_mcp(value: Any) -> None:
 class CountTokensRequest(_Body):
     """POST /v1/messages/count_tokens: what the prompt of a Messages request holds."""
 
-    model: str = Field(max_length=MAX_NAME_CHARS)
+    # Optional, as llama-server has it: the server's (first) model.
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
     messages: Annotated[list[MessageParam], Field(min_length=1, max_length=MAX_MESSAGES)]
     system: Text | Annotated[list[TextBlock], Field(max_length=MAX_MESSAGES)] | None = None
     tools: (

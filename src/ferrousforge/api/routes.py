@@ -138,6 +138,8 @@ def _model_card(st: ServerState, mid: str) -> dict:
         "created": st.started,
         "owned_by": "ferrousforge",
         "status": entry.status.value,
+        "aliases": list(entry.spec.aliases),  # as llama-server: every name of the model
+        "tags": list(entry.spec.tags),
     }
     lm = entry.lm
     if lm is not None:
@@ -189,25 +191,35 @@ def _authorized(st: ServerState, request: Request) -> bool:
     )
 
 
+def _unavailable(message: str) -> dict:
+    return {"code": 503, "message": message, "type": "unavailable_error"}
+
+
 @router.get("/health", responses=HEALTH_RESPONSES)
+@router.get("/v1/health", responses=HEALTH_RESPONSES, include_in_schema=False)
 async def health(request: Request) -> Response:
-    """Readiness, open to all. The details (each model's status, the reason for an "error":
-    file path, llama.cpp's log) are shown only to a client with a valid API key when keys
-    are set; the log always has them."""
+    """Readiness, open to all, in llama-server's bodies: 200 ``{"status": "ok"}``, 503 with
+    ``error`` while loading or after a failed load. The details (each model's status, the
+    reason for an "error": file path, llama.cpp's log) are shown only to a client with a
+    valid API key when keys are set; the log always has them."""
     st = state(request)
     shown = _authorized(st, request)
     if st.load_error:
-        body = {"status": "error"}
+        body = {"status": "error", "error": _unavailable("Model failed to load")}
         if shown:
             body["message"] = st.load_error
         return JSONResponse(body, status_code=503)
-    body = {"status": "ok" if st.ready else "loading"}
+    if not st.ready:
+        return JSONResponse(
+            {"status": "loading", "error": _unavailable("Loading model")}, status_code=503
+        )
+    body = {"status": "ok"}
     if shown:
         body["models"] = [
             {"id": e.id, "status": e.status.value, **({"error": e.error} if e.error else {})}
             for e in st.pool.entries.values()
         ]
-    return JSONResponse(body, status_code=200 if st.ready else 503)
+    return JSONResponse(body)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERROR_RESPONSES)

@@ -63,25 +63,36 @@ def apply_llama_server_flags(args: argparse.Namespace) -> None:
             args.pull = True  # llama-server downloads -hf models; --offline says otherwise
 
 
-# llama-server's defaults where they differ from ours, given before the caller's flags (a
-# flag given later wins) unless the setting's environment variable says otherwise.
-LLAMA_SERVER_DEFAULTS = {
-    "metrics": "--no-metrics",  # llama-server serves /metrics on --metrics only
-    "any_model_name": "--any-model-name",  # one model answers whatever name a request gives
-}
+def llama_server_defaults(argv: list[str]) -> list[str]:
+    """llama-server's defaults where they differ from `ferrousforge serve`'s, unless the
+    command line or env sets them: /metrics off unless --metrics, CORS allows any origin
+    (``--cors-origins '*'``), a request's model name is not checked when one --model is
+    served (``--any-model-name``), and response header names keep their casing
+    (``--http h11``)."""
+    defaults = []
+    if not _given(argv, "--metrics", "FERROUSFORGE_METRICS", "--no-metrics"):
+        defaults.append("--no-metrics")  # llama-server serves /metrics on --metrics only
+    if not _given(argv, "--cors-origins", "FERROUSFORGE_CORS_ORIGINS"):
+        defaults += ["--cors-origins", "*"]
+    if not _given(argv, "--any-model-name", "FERROUSFORGE_ANY_MODEL_NAME", "--no-any-model-name"):
+        defaults.append("--any-model-name")
+    if not _given(argv, "--http", "FERROUSFORGE_HTTP"):
+        defaults += ["--http", "h11"]  # response header names keep their casing
+    return [*defaults, *argv]
+
+
+def _given(argv: list[str], flag: str, env: str, *others: str) -> bool:
+    flags = (flag, *others)
+    return bool(os.environ.get(env)) or any(a.split("=")[0] in flags for a in argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ferrousforge-server ARGS`: `ferrousforge serve ARGS`, for llama-server's scripts."""
+    """`ferrousforge-server ARGS`: `ferrousforge serve ARGS` with llama-server's defaults,
+    for llama-server's scripts."""
     from ferrousforge.cli.main import main as ferrousforge_main
-    from ferrousforge.settings import ENV_PREFIX
 
-    defaults = [
-        flag
-        for name, flag in LLAMA_SERVER_DEFAULTS.items()
-        if f"{ENV_PREFIX}{name.upper()}" not in os.environ
-    ]
-    return ferrousforge_main(["serve", *defaults, *(sys.argv[1:] if argv is None else argv)])
+    args = llama_server_defaults(sys.argv[1:] if argv is None else argv)
+    return ferrousforge_main(["serve", *args])
 
 
 if __name__ == "__main__":

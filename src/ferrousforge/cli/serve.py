@@ -98,6 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
             host=hosts[0],
             port=port,
             log_level=settings.log_level,
+            http=settings.http,
             timeout_graceful_shutdown=5,
         )
     )

@@ -26,6 +26,7 @@ from ferrousforge.engine.prompt_cache import PromptCache
 from ferrousforge.engine.runner import ChunkResult, KVCacheFull, LogprobEntry, Runner
 from ferrousforge.engine.scheduler import Scheduler
 from ferrousforge.engine.sequence import FINISH_REASONS, SamplingLimits, Sequence, SequenceStatus
+from ferrousforge.engine.slot_files import SlotAction, SlotCommand, run_command
 from ferrousforge.engine.speculation import SpecConfig
 from ferrousforge.engine.stats import EngineStats, SeqTimes
 from ferrousforge.errors import EngineOverloadedError, EngineStoppedError, SamplingBudgetError
@@ -208,6 +209,27 @@ class Engine:
             self._cond.notify()
         return job.future
 
+    def slot_command(
+        self,
+        action: SlotAction,
+        slot: int = -1,
+        *,
+        path: str | None = None,
+        filename: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future:
+        """Run a slot command on the engine thread between steps (see slot_files): "list"
+        (a SlotInfo per slot), "erase", "save" or "restore" ``slot`` to/from ``path``.
+        The future gets llama-server's answer, or SlotBusyError / ValueError / OSError."""
+        loop = loop or asyncio.get_running_loop()
+        cmd = SlotCommand(action, slot, loop.create_future(), loop, path, filename)
+        with self._cond:
+            if self._stopping:
+                raise EngineStoppedError("the engine is shut down")
+            self._inbox.append(("slot", cmd))
+            self._cond.notify()
+        return cmd.future
+
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Cancel everything in flight and stop the thread. False if it did not stop in time."""
         with self._cond:
@@ -275,6 +297,8 @@ class Engine:
                         self._reject(item, e)
                 elif kind == "embed":
                     self._embeds.append(item)
+                elif kind == "slot":
+                    self._slot_command(item)
                 else:
                     self._finish(item, SequenceStatus.FINISHED_ABORTED)
             if stopping:
@@ -290,6 +314,14 @@ class Engine:
             self._deliver()
             if self._embeds:
                 self._embed_step()
+
+    def _slot_command(self, cmd: SlotCommand) -> None:
+        try:
+            result = run_command(cmd, self.scheduler, self.runner, self.scheduler.spec.enabled)
+        except Exception as e:  # the caller's error (busy slot, bad file), not the engine's
+            cmd.settle(error=e)
+        else:
+            cmd.settle(result)
 
     def _has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self._embeds)

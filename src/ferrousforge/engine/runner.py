@@ -121,6 +121,16 @@ class Runner(Protocol):
         not be loaded; the slot is then empty."""
         ...
 
+    def save_slot_file(self, slot: int, path: str, tokens: list[int]) -> int:
+        """Write the slot's KV and ``tokens`` to the file ``path`` (llama.cpp's sequence
+        state file); the bytes written, 0 on failure. The slot is unchanged."""
+        ...
+
+    def load_slot_file(self, slot: int, path: str) -> tuple[int, list[int]]:
+        """Replace the slot's KV with a file from ``save_slot_file``: (bytes read, its
+        tokens); (0, []) if it could not be loaded, the slot then empty."""
+        ...
+
     def reset(self) -> None:
         """Forget all KV state (after a failed step)."""
         ...

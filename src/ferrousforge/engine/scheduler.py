@@ -45,6 +45,7 @@ class Slot:
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # KV contents while free
     saved: bool = False  # ``cached`` was offered to the host cache already
+    last: Sequence | None = None  # the last sequence that ran here (GET /slots shows it)
 
     def kv_tokens(self) -> list[int]:
         if self.seq is not None:
@@ -467,7 +468,7 @@ class Scheduler:
             self.waiting.remove(seq)
         if seq.slot is not None:
             slot = self.slots[seq.slot]
-            slot.seq = None
+            slot.seq, slot.last = None, seq
             if self.prefix_cache:
                 slot.cached, slot.saved = seq.all_ids[: seq.n_computed], False
             else:

@@ -110,9 +110,9 @@ class ModelPool:
         max_loaded: int = 0,
         memory_budget: int | None = None,
         idle_unload: float | None = None,
+        any_name: bool = False,
         estimator: Estimator = estimate_cost,
         clock: Callable[[], float] = time.monotonic,
-        any_name: bool = False,
     ) -> None:
         if not specs:
             raise ValueError("models: at least one model is needed")
@@ -121,12 +121,16 @@ class ModelPool:
             if spec.id in self.entries:
                 raise ValueError(f"models: '{spec.id}' is declared twice")
             self.entries[spec.id] = ModelEntry(spec)
+        # One model served under any name (llama-server with one model ignores the name).
+        self.any_name = any_name and len(specs) == 1
+        # Other names of a model (--alias a,b,c), unless a model of that id exists.
+        self._aliases = {
+            a: s.id for s in specs for a in s.aliases if a != s.id and a not in self.entries
+        }
         self.backend = backend or LlamaCppBackend()
         self.max_loaded = max_loaded
         self.memory_budget = memory_budget
         self.idle_unload = idle_unload
-        # llama-server's single-model behaviour: the one model answers to any name.
-        self.any_name = any_name and len(self.entries) == 1
         self.stats = PoolStats()
         self._estimate = estimator
         self._clock = clock
@@ -141,7 +145,10 @@ class ModelPool:
         return next(iter(self.entries))
 
     def entry(self, model_id: str | None) -> ModelEntry:
-        mid = model_id if model_id is not None and not self.any_name else self.default_id
+        mid = model_id if model_id is not None else self.default_id
+        mid = self._aliases.get(mid, mid)
+        if self.any_name:
+            mid = self.default_id
         try:
             return self.entries[mid]
         except KeyError:

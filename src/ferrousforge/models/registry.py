@@ -35,6 +35,8 @@ class ModelSpec:
     tool_format: str | None = None  # None: the server's setting
     preload: bool = True  # loaded at startup; False: on its first request (--models-dir)
     jinja: bool = True  # False: llama.cpp's built-in templates (--no-jinja)
+    aliases: tuple[str, ...] = ()  # other names requests may use (--alias a,b,c)
+    tags: tuple[str, ...] = ()  # shown in /v1/models (--tags)
 
 
 def resolve_model_path(
@@ -191,14 +193,19 @@ def _named_specs(
     if settings.model is not None or not models:
         mid, path = resolve_model_path(settings.model, models, pull=settings.pull)
         own = next((m for m in models if m.alias == mid or m.path == str(path)), None)
+        # llama-server's --alias a,b,c: every name serves the model, the id is the first in
+        # sorted order (as its std::set gives it).
+        names = _names(settings.alias)
         return [
             ModelSpec(
-                settings.alias or mid,
+                names[0] if names else mid,
                 path,
                 backend_config(settings, own, progress),
                 _server_template(settings) or (own.chat_template if own else None),
                 own.tool_format if own else None,
                 jinja=settings.jinja,
+                aliases=tuple(names),
+                tags=tuple(_names(settings.tags)),
             )
         ]
     specs, seen = [], set()
@@ -218,6 +225,11 @@ def _named_specs(
             )
         )
     return specs
+
+
+def _names(value: str | None) -> list[str]:
+    """The sorted, distinct names of a comma-separated list."""
+    return sorted({n.strip() for n in (value or "").split(",") if n.strip()})
 
 
 def _server_template(settings: ServerSettings) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from types import ModuleType
 
 from ferrousforge.errors import ModelLoadError, NativeCallError
@@ -129,6 +130,25 @@ class LlamaContext(NativeHandle):
         buf = state if isinstance(state, bytearray) else bytearray(state)
         src = (ctypes.c_uint8 * len(buf)).from_buffer(buf)
         return self._lib.llama_state_seq_set_data(self.ptr, src, len(buf), seq) > 0
+
+    def save_seq_file(self, seq: int, path: str, tokens: list[int]) -> int:
+        """Write ``seq``'s KV and ``tokens`` to ``path`` (llama_state_seq_save_file); the
+        bytes written, 0 on failure (llama.cpp logs why)."""
+        arr = (ctypes.c_int32 * max(1, len(tokens)))(*tokens)
+        return self._lib.llama_state_seq_save_file(
+            self.ptr, os.fsencode(path), seq, arr, len(tokens)
+        )
+
+    def load_seq_file(self, seq: int, path: str, max_tokens: int) -> tuple[int, list[int]]:
+        """Load a file from ``save_seq_file`` into ``seq`` (replacing its KV): (bytes read,
+        the tokens it holds); (0, []) when llama.cpp refused it (a bad file, more than
+        ``max_tokens`` tokens, no room in the KV cache)."""
+        arr = (ctypes.c_int32 * max_tokens)()
+        n = ctypes.c_size_t(0)
+        got = self._lib.llama_state_seq_load_file(
+            self.ptr, os.fsencode(path), seq, arr, max_tokens, ctypes.byref(n)
+        )
+        return (got, list(arr[: n.value])) if got else (0, [])
 
     def clear(self) -> None:
         self._lib.llama_memory_clear(self._mem, True)

@@ -12,6 +12,9 @@ from ferrousforge.errors import DecodeError, NativeCallError
 from ferrousforge.inference.backends.llama_cpp.batch import TokenBatch
 from ferrousforge.inference.backends.llama_cpp.context import LlamaContext, as_float_array
 
+# A slot file's token list holds a slot's tokens plus llama-server's packing around them.
+SLOT_FILE_EXTRA_TOKENS = 8
+
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
     m = float(x.max())
@@ -148,6 +151,16 @@ class LlamaRunner:
             return True
         self.ctx.seq_rm(slot, -1, -1)  # whatever part of it was loaded
         return False
+
+    def save_slot_file(self, slot: int, path: str, tokens: list[int]) -> int:
+        return self.ctx.save_seq_file(slot, path, tokens)
+
+    def load_slot_file(self, slot: int, path: str) -> tuple[int, list[int]]:
+        self.ctx.seq_rm(slot, -1, -1)  # the file's state replaces the slot's
+        got = self.ctx.load_seq_file(slot, path, self.n_ctx + SLOT_FILE_EXTRA_TOKENS)
+        if not got[0]:
+            self.ctx.seq_rm(slot, -1, -1)  # whatever part of it was loaded
+        return got
 
     def free_sampler(self, seq: Sequence) -> None:
         if seq.sampler is not None:

@@ -72,6 +72,7 @@ class SamplerChain(NativeHandle):
             self.close()
             raise
         self.seed = opts.seed
+        self.options = opts  # what GET /slots shows as the request's params
         # A bare greedy pick keeps no state: the runner may take the argmax of the logits
         # itself (tens of microseconds) instead of llama_sampler_sample, which first copies
         # the whole vocabulary into a candidate array.
