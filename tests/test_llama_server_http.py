@@ -86,7 +86,9 @@ def test_ferrousforge_server_takes_llama_servers_defaults(monkeypatch) -> None:
     monkeypatch.delenv("FERROUSFORGE_CORS_ORIGINS", raising=False)
     monkeypatch.delenv("FERROUSFORGE_ANY_MODEL_NAME", raising=False)
     monkeypatch.delenv("FERROUSFORGE_HTTP", raising=False)
+    monkeypatch.delenv("FERROUSFORGE_METRICS", raising=False)
     assert llama_server_defaults(["-m", "x.gguf"]) == [
+        "--no-metrics",
         "--cors-origins",
         "*",
         "--any-model-name",
@@ -95,7 +97,7 @@ def test_ferrousforge_server_takes_llama_servers_defaults(monkeypatch) -> None:
         "-m",
         "x.gguf",
     ]
-    given = ["--cors-origins=localhost", "--no-any-model-name", "--http", "auto"]
+    given = ["--metrics", "--cors-origins=localhost", "--no-any-model-name", "--http", "auto"]
     assert llama_server_defaults(given) == given
 
 

@@ -11,6 +11,9 @@ import httpx
 import pytest
 from live_server import live_server
 
+from ferrousforge.inference.gguf import read_gguf
+from ferrousforge.models.default_model import default_model_path
+
 KEY = "sk-slots"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Long enough (over 32 tokens) for the slots' prefix cache to reuse it.
@@ -58,7 +61,8 @@ def test_props_describe_the_server(server) -> None:
     assert props["default_generation_settings"]["n_ctx"] == 1024 // 2
     assert props["default_generation_settings"]["params"]["seed"] == 42
     assert props["model_path"].endswith(".gguf") and props["model_alias"] == "smol-a"
-    assert "im_start" in props["chat_template"]
+    own = read_gguf(default_model_path()).chat_template
+    assert props["chat_template"] == (own or "")  # the GGUF's, as llama-server shows it
     assert props["modalities"] == {"vision": False, "video": False, "audio": False}
     assert props["build_info"] and props["is_sleeping"] is False
 

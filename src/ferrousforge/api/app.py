@@ -96,7 +96,7 @@ def create_app(
         max_loaded=settings.max_loaded_models,
         memory_budget=settings.memory_budget_bytes,
         idle_unload=settings.idle_unload,
-        any_name=settings.any_model_name and settings.model is not None,
+        any_name=settings.any_model_name,  # the pool applies it to a lone model only
     )
     st = ServerState(settings, pool, int(time.time()))
 
