@@ -375,8 +375,24 @@ class ServerSettings(BaseSettings):
         "goes to reasoning_content; none: it stays in the content",
     )
     log_level: str = Field("info", description="debug, info, warning or error")
+    tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="built-in tools served at /tools for agents and the web UI: 'all' or "
+        "names (read_file, file_glob_search, grep_search, exec_shell_command, write_file, "
+        "edit_file, get_info); they read, write and run anything the server's user can: "
+        "local trusted users only (default: none)",
+    )
+    mcp_servers_config: str | None = Field(
+        None,
+        description='JSON file of MCP servers ({"mcpServers": {NAME: {"command", "args", '
+        '"env"}}}) whose tools /tools serves as NAME_TOOL; they run with the server\'s '
+        "privileges: trusted commands only",
+    )
+    mcp_servers_json: str | None = Field(
+        None, description="the same MCP server definitions inline, as JSON"
+    )
 
-    @field_validator("api_key", "cors_origins", mode="before")
+    @field_validator("api_key", "cors_origins", "tools", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         if isinstance(value, list):  # repeated flags, each possibly a comma list
@@ -405,6 +421,26 @@ class ServerSettings(BaseSettings):
             except OSError as e:
                 raise ValueError(f"api_key_file: cannot read it: {e.strerror}") from None
             self.api_key = [*self.api_key, *(ln.strip() for ln in text.splitlines() if ln.strip())]
+        return self
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, value: list[str]) -> list[str]:
+        from ferrousforge.tools_server.names import BUILTIN_TOOL_NAMES
+
+        unknown = [n for n in value if n != "all" and n not in BUILTIN_TOOL_NAMES]
+        if unknown:
+            raise ValueError(
+                f"tools: unknown tool {unknown[0]!r}; available: {', '.join(BUILTIN_TOOL_NAMES)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _mcp_config(self) -> ServerSettings:
+        """A bad MCP config stops the server at startup, as llama-server's does."""
+        from ferrousforge.tools_server.mcp_config import load_mcp_servers
+
+        load_mcp_servers(self.mcp_servers_config, self.mcp_servers_json)
         return self
 
     @field_validator("memory_budget")

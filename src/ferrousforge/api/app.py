@@ -22,10 +22,12 @@ from ferrousforge.api.messages import router as messages_router
 from ferrousforge.api.openapi import install_openapi
 from ferrousforge.api.responses import router as responses_router
 from ferrousforge.api.routes import ServerState, router
+from ferrousforge.api.server_tools import router as server_tools_router
 from ferrousforge.api.vertex import install_vertex, vertex_routes
 from ferrousforge.models.pool import ModelPool
 from ferrousforge.models.registry import ModelSpec
 from ferrousforge.settings import ServerSettings
+from ferrousforge.tools_server.registry import ServerTools
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +101,17 @@ def create_app(
         any_name=settings.any_model_name,  # the pool applies it to a lone model only
     )
     st = ServerState(settings, pool, int(time.time()))
+    server_tools = ServerTools(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(st, on_load_error))
         reaper = asyncio.create_task(pool.run_reaper())
+        server_tools.start()
         try:
             yield
         finally:
+            await server_tools.close()
             for task in (loading, reaper):
                 if not task.done():
                     task.cancel()
@@ -120,6 +125,9 @@ def create_app(
         description="OpenAI-compatible API for GGUF models on llama.cpp",
     )
     app.state.ff = st
+    app.state.server_tools = server_tools
+    # Called on SIGINT/SIGTERM before uvicorn waits for requests in flight (see serve.py).
+    app.state.exit_hooks = [server_tools.begin_shutdown]
     routers = [
         router,
         embeddings.router,
@@ -131,6 +139,7 @@ def create_app(
         input_tokens.router,
         cors_proxy.router,
         slots.router,
+        server_tools_router,
     ]
     add_unprefixed_routes(routers)
     for r in routers:

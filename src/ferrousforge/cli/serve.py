@@ -102,6 +102,14 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=5,
         )
     )
+    uvicorn_exit = server.handle_exit
+
+    def handle_exit(sig: int, frame: object) -> None:
+        for hook in app.state.exit_hooks:  # e.g. MCP tool calls in flight answer at once
+            hook()
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
     try:
         # Several addresses (llama-server's --host a,b): one socket each, one server.
         sockets = [_bind(h, port) for h in hosts] if len(hosts) > 1 else None
