@@ -31,3 +31,15 @@ def pytest_configure(config: pytest.Config) -> None:
     utils.ServerProcess.start = start_with_bundled_model
     # load_all() starts every preset once to fill the download cache: nothing to download.
     utils.ServerPreset.load_all = staticmethod(lambda: None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SUITE_ONLY=FILE (one test id per line): run only those, e.g. the ones llama-server
+    passes (scripts/llama_server_suite_report.py --passed-ids writes that list)."""
+    only = os.environ.get("SUITE_ONLY")
+    if not only:
+        return
+    wanted = {line.strip() for line in open(only, encoding="utf-8") if line.strip()}
+    keep = [i for i in items if i.nodeid in wanted]
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in wanted])
+    items[:] = keep

@@ -2,6 +2,7 @@
 llama-server passes, how many FerrousForge passes, per file, and which it fails.
 
     python scripts/llama_server_suite_report.py [.cache/llama-server-suite] [--failures]
+    python scripts/llama_server_suite_report.py --passed-ids > ids.txt   # for SUITE_ONLY
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def outcomes(xml: Path) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     folder = Path(next((a for a in argv if not a.startswith("-")), ".cache/llama-server-suite"))
+    if "--passed-ids" in argv:  # the test ids llama-server passes, for SUITE_ONLY
+        for t, o in outcomes(folder / "llama-server.xml").items():
+            if o == "passed":
+                module, name = t.split("::", 1)
+                print(f"{module.replace('.', '/')}.py::{name}")
+        return 0
     ref, ours = outcomes(folder / "llama-server.xml"), outcomes(folder / "ferrousforge.xml")
     passed = [t for t, o in ref.items() if o == "passed"]
     per_file, ours_per_file = Counter(), Counter()

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from live_server import live_server
+from live_server import free_port, live_server
 
 TINY = str(Path(__file__).parent / "fixtures" / "mcp_tiny_server.py")
 MCP = json.dumps({"mcpServers": {"tiny": {"command": sys.executable, "args": [TINY]}}})
@@ -75,21 +76,43 @@ def _mcp_children(pid: int) -> list[int]:
     return out
 
 
-def test_shutdown_answers_a_tool_call_in_flight() -> None:
-    with live_server("--mcp-servers-json", MCP) as server:
-        assert httpx.get(server.url + "/tools").status_code == 200  # warmup over
+def test_shutdown_answers_a_tool_call_in_flight(tmp_path: Path) -> None:
+    # Not live_server: this test stops the server itself.
+    port = free_port()
+    cmd = [sys.executable, "-m", "ferrousforge.cli.main", "serve", "--port", str(port)]
+    with (tmp_path / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--threads", "2", "--mcp-servers-json", MCP], stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.2)
+        assert httpx.get(url + "/tools").status_code == 200  # warmup over
         answer: list[httpx.Response] = []
         body = {"tool": "tiny_sleep", "params": {"seconds": 60}}
         t = threading.Thread(
-            target=lambda: answer.append(httpx.post(server.url + "/tools", json=body, timeout=90))
+            target=lambda: answer.append(httpx.post(url + "/tools", json=body, timeout=90))
         )
         t.start()
-        while not _mcp_children(server.proc.pid):  # the call has started its MCP server
+        while not _mcp_children(proc.pid):  # the call has started its MCP server
             t.join(0.1)
-        server.proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         t.join(60)
         assert answer and answer[0].json() == {"error": "cancelled"}
-        server.proc.wait(30)  # and the server exits
+        proc.wait(30)  # and the server exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(15)
 
 
 @pytest.mark.parametrize(
