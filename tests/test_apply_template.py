@@ -117,7 +117,9 @@ def test_chatml_by_name_with_jinja():
 
 
 def test_one_model_answers_to_any_name_as_llama_server():
-    with live_server("--any-model-name", "-np", "1", "-c", "1024") as s:
+    tmpl = chat_template_for_tests()  # a model without one gets the generic template
+    extra = ("--chat-template", tmpl) if tmpl else ()
+    with live_server("--any-model-name", "-np", "1", "-c", "1024", *extra) as s:
         body = {"model": "gpt-4o", "messages": CHAT, "max_tokens": 1}
         assert post(s, "/v1/chat/completions", body).status_code == 200
         count = {"model": "test", "max_tokens": 1, "messages": CHAT[1:]}

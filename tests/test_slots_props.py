@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import live_server
+from model_traits import chat_template_for_tests
 
 from ferrousforge.inference.gguf import read_gguf
 from ferrousforge.models.default_model import default_model_path
@@ -34,6 +35,8 @@ def server(save_dir: Path):
     args = ["--parallel", "2", "--ctx-size", "1024", "--cache-ram", "0", "--seed", "42"]
     args += ["--slot-save-path", str(save_dir), "--api-key", KEY]
     args += ["--alias", "smol-b,smol-a", "--tags", "chat,small"]
+    if tmpl := chat_template_for_tests():  # a model without one gets the generic template
+        args += ["--chat-template", tmpl]
     with live_server(*args) as s:
         yield s
 
@@ -61,8 +64,8 @@ def test_props_describe_the_server(server) -> None:
     assert props["default_generation_settings"]["n_ctx"] == 1024 // 2
     assert props["default_generation_settings"]["params"]["seed"] == 42
     assert props["model_path"].endswith(".gguf") and props["model_alias"] == "smol-a"
-    own = read_gguf(default_model_path()).chat_template
-    assert props["chat_template"] == (own or "")  # the GGUF's, as llama-server shows it
+    own = chat_template_for_tests() or read_gguf(default_model_path()).chat_template
+    assert props["chat_template"] == own  # the one in use, as llama-server shows it
     assert props["modalities"] == {"vision": False, "video": False, "audio": False}
     assert props["build_info"] and props["is_sleeping"] is False
 

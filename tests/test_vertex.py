@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 from live_server import free_port, live_server
+from model_traits import chat_template_for_tests
 
 from ferrousforge.api.vertex import format_name, vertex_routes
 
@@ -35,6 +36,8 @@ def test_predict_runs_each_instance_on_its_route() -> None:
     # AIP_HTTP_PORT wins over --port (which live_server gives another free port)
     other = free_port()
     args = ("--port", str(other), "--parallel", "2", "--ctx-size", "1024", "--api-key", "k")
+    if tmpl := chat_template_for_tests():  # a model without one gets the generic template
+        args += ("--chat-template", tmpl)
     with live_server(*args, env=env, port=port) as s:
         assert s.url.endswith(str(port))
         auth = {"Authorization": "Bearer k"}
