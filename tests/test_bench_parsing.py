@@ -324,3 +324,35 @@ def test_ratio_table_puts_every_server_beside_the_baseline():
     assert ours.count(" 0.50x") == 4  # ttft p50/p95, and the returning round's p50/p95
     assert "again p50" in table
     assert "no server named" in format_ratios(report, "vllm")
+
+
+def test_engine_counters_sum_ferrousforge_series_and_skip_other_servers():
+    import asyncio
+
+    import httpx
+
+    from ferrousforge.bench.serve_bench import engine_counters
+
+    metrics = (
+        "# HELP ferrousforge_step_seconds_total Seconds inside the decode steps\n"
+        'ferrousforge_step_seconds_total{model="a"} 1.5\n'
+        'ferrousforge_step_seconds_total{model="b"} 0.5\n'
+        'ferrousforge_decode_steps_total{model="a"} 300\n'
+        'ferrousforge_decode_steps_total{model="b"} 100\n'
+        'ferrousforge_step_tokens_total{model="a"} 9999\n'
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ff":
+            return httpx.Response(200, text=metrics)
+        if request.url.host == "other":
+            return httpx.Response(200, text="llamacpp:tokens_predicted_total 5\n")
+        return httpx.Response(404)
+
+    async def scrape(host: str):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await engine_counters(client, f"http://{host}")
+
+    assert asyncio.run(scrape("ff")) == (2.0, 400)
+    assert asyncio.run(scrape("other")) is None  # llama-server: no step column
+    assert asyncio.run(scrape("gone")) is None  # /metrics off: 404

@@ -53,6 +53,20 @@ async def test_stream_delivers_every_token_and_usage(engine_factory):
     assert (last.prompt_tokens, last.completion_tokens) == (3, 6)
 
 
+async def test_step_counters_cover_every_decoded_token(engine_factory):
+    engine = engine_factory(n_batch=4)
+    streams = [
+        engine.add_request([9, i, 7, 7, 7], SamplingLimits(max_tokens=5), ScriptedSampler())
+        for i in range(3)
+    ]
+    for s in streams:
+        await drain(s)
+    st = engine.stats
+    assert st.step_tokens == engine.runner.decoded_tokens  # prompts (chunked) and outputs
+    assert st.decode_steps == len(engine.runner.plans)
+    assert st.step_seconds > 0
+
+
 async def test_stop_string_across_tokens_ends_the_request(engine_factory):
     engine = engine_factory()
     prompt = [11, 2]

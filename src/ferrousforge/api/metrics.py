@@ -25,6 +25,12 @@ _COUNTERS = [
     ("requests_rejected_total", "Requests refused because the queue was full", "requests_rejected"),
     ("preemptions_total", "Sequences preempted because the KV cache was full", "preemptions"),
     ("decode_steps_total", "llama_decode calls", "decode_steps"),
+    (
+        "step_seconds_total",
+        "Seconds inside the decode steps (llama_decode and sampling)",
+        "step_seconds",
+    ),
+    ("step_tokens_total", "Tokens decoded in those steps (prompt, output, drafts)", "step_tokens"),
     ("draft_tokens_total", "Speculative decoding: drafted tokens verified", "draft_tokens"),
     (
         "draft_accepted_tokens_total",

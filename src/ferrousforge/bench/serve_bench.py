@@ -89,6 +89,10 @@ class LevelStats:
     itl_p95_s: float
     counted_by: str
     error_samples: list[str] = field(default_factory=list)
+    # FerrousForge only (from its /metrics): decode steps during the level and the mean
+    # time inside one (llama_decode and sampling), to compare with `bench engine`'s.
+    engine_steps: int = 0
+    engine_step_ms: float = float("nan")
     # Workload "returning": the second round (the same prompts again); the fields above
     # are the first round's.
     returning: LevelStats | None = None
@@ -200,6 +204,28 @@ def record_from_tally(tally: StreamTally, t0: float, t_end: float) -> RequestRec
     return rec
 
 
+_STEP_SERIES = ("ferrousforge_step_seconds_total", "ferrousforge_decode_steps_total")
+
+
+async def engine_counters(client: httpx.AsyncClient, url: str) -> tuple[float, int] | None:
+    """FerrousForge's step seconds and decode steps, summed over its models (None: the
+    server does not expose them)."""
+    try:
+        r = await client.get(f"{url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    sums = dict.fromkeys(_STEP_SERIES, 0.0)
+    seen = False
+    for line in r.text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+            seen = True
+    return (sums[_STEP_SERIES[0]], int(sums[_STEP_SERIES[1]])) if seen else None
+
+
 async def run_level(
     client: httpx.AsyncClient,
     url: str,
@@ -305,6 +331,7 @@ async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
         # (server, level, pass) -> records and wall time; pass 1: returning's second round
         pooled: dict[tuple[int, int, int], tuple[list[RequestRecord], float]] = {}
         passes = 2 if cfg.workload == "returning" else 1
+        steps_used: dict[tuple[int, int, int], tuple[float, int]] = {}
         for r in range(cfg.rounds):
             order = [(i + r) % len(servers) for i in range(len(servers))]
             for k, c in enumerate(cfg.concurrency):
@@ -312,7 +339,15 @@ async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
                     srv = servers[s]
                     first = 1_000_000 * (s + 1) + 100_000 * r + 10_000 * k
                     for p in range(passes):  # the same indices: the same prompts again
+                        before = await engine_counters(srv.client, srv.url)
                         recs, wall = await run_level(srv.client, srv.url, srv.model, cfg, c, first)
+                        after = await engine_counters(srv.client, srv.url)
+                        if before is not None and after is not None:
+                            secs, steps = steps_used.get((s, k, p), (0.0, 0))
+                            steps_used[(s, k, p)] = (
+                                secs + after[0] - before[0],
+                                steps + after[1] - before[1],
+                            )
                         log.info(
                             "%s c=%d round %d pass %d: %d requests in %.2fs",
                             *(srv.name, c, r, p, len(recs), wall),
@@ -323,11 +358,19 @@ async def run_serve_bench(cfg: ServeBenchConfig) -> ServeReport:
             result = ServerResult(srv.name, srv.url, srv.model)
             for k, c in enumerate(cfg.concurrency):
                 level = summarize(c, *pooled[(s, k, 0)], cfg.max_tokens)
+                _set_steps(level, steps_used.get((s, k, 0)))
                 if passes == 2:
                     level.returning = summarize(c, *pooled[(s, k, 1)], cfg.max_tokens)
+                    _set_steps(level.returning, steps_used.get((s, k, 1)))
                 result.levels.append(level)
             report.servers.append(result)
     return report
+
+
+def _set_steps(level: LevelStats, used: tuple[float, int] | None) -> None:
+    if used is not None and used[1] > 0:
+        level.engine_steps = used[1]
+        level.engine_step_ms = 1000 * used[0] / used[1]
 
 
 def format_serve(report: ServeReport) -> str:
@@ -335,7 +378,8 @@ def format_serve(report: ServeReport) -> str:
     returning workload: ``first`` and ``again``)."""
     head = (
         f"{'server':<18} {'conc':>4} {'reqs':>4} {'tok/s':>7} {'req/s':>6} "
-        f"{'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} {'itl p95':>8} {'err':>3} complete"
+        f"{'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} {'itl p95':>8} {'step':>7} {'err':>3} "
+        "complete"
     )
     returning = report.config.get("workload") == "returning"
     lines = [f"workload: {report.config.get('workload', 'fresh')}", head]
@@ -351,7 +395,7 @@ def format_serve(report: ServeReport) -> str:
                     f"{name[:18]:<18} {st.concurrency:>4} {st.requests:>4} "
                     f"{st.tokens_per_s:>7.1f} {st.requests_per_s:>6.2f} "
                     f"{_ms(st.ttft_p50_s):>9} {_ms(st.ttft_p95_s):>9} {_ms(st.itl_p50_s):>8} "
-                    f"{_ms(st.itl_p95_s):>8} {st.errors:>3} {ok}"
+                    f"{_ms(st.itl_p95_s):>8} {_step(st):>7} {st.errors:>3} {ok}"
                 )
                 lines += [f"    error: {e}" for e in st.error_samples]
     return "\n".join(lines)
@@ -389,6 +433,12 @@ def format_ratios(report: ServeReport, baseline: str) -> str:
                 )
             lines.append(line)
     return "\n".join(lines)
+
+
+def _step(st: LevelStats) -> str:
+    """FerrousForge's mean ms inside one decode step during the level ("-": not exposed)."""
+    ms = st.engine_step_ms
+    return "-" if ms != ms else f"{ms:.2f}ms"
 
 
 def _x(a: float, b: float) -> str:

@@ -362,12 +362,13 @@ class Engine:
             if not plan.kv_ops:
                 time.sleep(0.001)  # only siblings waiting on a prefill: yield briefly
             return
+        t0 = time.perf_counter()
         try:
             results = self.runner.execute(plan)
         except KVCacheFull:
             self._on_kv_full()
             return
-        self._record_step(plan)
+        self._record_step(plan, time.perf_counter() - t0)
         for seq, res in self.scheduler.postprocess(plan, results):
             self._emit(seq, res)
         for chunk, res in zip(plan.chunks, results, strict=True):
@@ -398,10 +399,12 @@ class Engine:
         if stuck is not None:
             self._finish(stuck, SequenceStatus.FINISHED_LENGTH)
 
-    def _record_step(self, plan) -> None:
+    def _record_step(self, plan, seconds: float) -> None:
         st = self.stats
         with st.lock:
             st.decode_steps += 1
+            st.step_seconds += seconds
+            st.step_tokens += plan.n_tokens
             st.busy_slots_sum += sum(1 for c in plan.chunks if c.sample)
             st.busy_seqs_sum += len(plan.chunks)
             st.draft_tokens = self.scheduler.drafted

@@ -47,6 +47,10 @@ class EngineStats:
     cached_prompt_tokens: int = 0
     prefix_cache_hits: int = 0
     decode_steps: int = 0
+    # Wall time inside runner.execute (llama_decode and sampling) and the tokens decoded:
+    # per step, compared with `bench engine`, it shows what HTTP traffic costs the decode.
+    step_seconds: float = 0.0
+    step_tokens: int = 0
     draft_tokens: int = 0  # speculative decoding: drafted tokens verified
     draft_accepted_tokens: int = 0  # of which accepted
     busy_slots_sum: int = 0  # over decode steps: / decode_steps is the mean batch
