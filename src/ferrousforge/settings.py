@@ -218,8 +218,9 @@ class ServerSettings(BaseSettings):
     draft_max_batch: int = Field(
         2,
         ge=0,
-        description="speculative decoding: draft only while at most this many sequences are "
-        "generating (a fuller batch already keeps the cores busy)",
+        description="speculative decoding: every sequence drafts while at most this many are "
+        "generating; in a fuller batch (which keeps the cores busy already) only sequences "
+        "that are copying (long n-gram match, drafts nearly all accepted)",
     )
     models_dir: str | None = Field(
         None,
