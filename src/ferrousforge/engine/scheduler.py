@@ -288,10 +288,13 @@ class Scheduler:
             self._compact(plan)
         budget = self.n_batch
         # Generating sequences first: one token each keeps every stream moving, plus the
-        # drafts (what the one-token rows leave; only copying sequences' in a full batch).
+        # drafts (what the one-token rows leave). In a full batch only copying sequences
+        # draft, and not while a prompt is being prefilled: draft rows would lengthen the
+        # step that gives a new request its first token.
         generating = [seq for seq in self.running if seq.n_pending == 1]
-        drafting = self.spec.enabled
         strict = len(generating) > self.spec.max_batch
+        prefilling = len(generating) < len(self.running)
+        drafting = self.spec.enabled and not (strict and prefilling)
         spare = budget - len(generating)
         for seq in generating:
             if budget <= 0:

@@ -10,7 +10,8 @@ the step the batch already keeps the cores busy. So drafting is adaptive:
   CPU, llama-batched-bench: 194 tokens/s at 8 sequences, 201 at 16), so only a sequence
   that is copying drafts: its recent drafts were (nearly) all accepted (``rate``) and its
   n-gram match reaches back at least STRICT_MATCH tokens. Greedy loops and quoted passages
-  qualify; a paraphrase does not;
+  qualify; a paraphrase does not. Never in a step that prefills a prompt (the scheduler):
+  a longer step would delay that request's first token;
 - per sequence, the draft length follows the acceptance: all accepted doubles it (up to
   ``draft_max``), a partial acceptance of a tokens sets it to a + 1;
 - a draft of which nothing is accepted pauses that sequence's drafting for 1, 2, 4, ...
