@@ -2,7 +2,7 @@
 
 import pytest
 
-from ferrousforge.engine.ngram import MATCH_CAP, NgramDrafter
+from ferrousforge.engine.ngram import NgramDrafter
 
 
 def drafter(tokens: list[int], n_min: int = 2, n_max: int = 4) -> NgramDrafter:
@@ -58,14 +58,3 @@ def test_bad_sizes_are_refused():
         NgramDrafter(0, 3)
     with pytest.raises(ValueError):
         NgramDrafter(4, 3)
-
-
-def test_last_match_says_how_far_back_the_match_reaches():
-    d = drafter([9, 1, 2, 3, 4, 5, 6, 7, 8, 0, 5, 6, 7, 8])
-    assert d.propose(2) == [0, 5] and d.last_match == 4  # 5 6 7 8 matched, 4 before them: no
-    d = drafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8])
-    assert d.propose(1) == [9] and d.last_match == 8  # beyond n_max, back to the start
-    long = list(range(100, 160))
-    d = drafter(long + long[:50])
-    assert d.propose(1) == [150] and d.last_match == MATCH_CAP
-    assert drafter([1, 2, 3]).propose(2) == [] and d.last_match == MATCH_CAP

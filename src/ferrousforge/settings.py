@@ -218,9 +218,8 @@ class ServerSettings(BaseSettings):
     draft_max_batch: int = Field(
         2,
         ge=0,
-        description="speculative decoding: every sequence drafts while at most this many are "
-        "generating; in a fuller batch (which keeps the cores busy already) only sequences "
-        "that are copying (long n-gram match, drafts nearly all accepted)",
+        description="speculative decoding: draft only while at most this many sequences are "
+        "generating (a fuller batch already keeps the cores busy)",
     )
     models_dir: str | None = Field(
         None,

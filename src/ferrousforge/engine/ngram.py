@@ -6,21 +6,15 @@ among earlier occurrences (``n`` from ``n_max`` down to ``n_min``, longest first
 tokens that followed the most recent one are the draft (a loop, where that run reaches
 the present, is continued with its period). The index is updated as tokens
 arrive, so a lookup costs a few dictionary probes, never a scan of the sequence.
-
-How far the match reaches back (``last_match``, up to MATCH_CAP tokens) tells a copy from a
-coincidence: measured on SmolLM2's greedy outputs, a draft after a match of 8 tokens or
-more is accepted far more often than one after 2 or 3.
 """
 
 from __future__ import annotations
-
-MATCH_CAP = 32  # last_match counts at most this many tokens
 
 
 class NgramDrafter:
     """The n-gram index of one sequence's tokens (prompt, then output), grown incrementally."""
 
-    __slots__ = ("_index", "_tokens", "last_match", "n_max", "n_min")
+    __slots__ = ("_index", "_tokens", "n_max", "n_min")
 
     def __init__(self, n_min: int = 2, n_max: int = 4) -> None:
         if not 1 <= n_min <= n_max:
@@ -28,7 +22,6 @@ class NgramDrafter:
         self.n_min = n_min
         self.n_max = n_max
         self._tokens: list[int] = []
-        self.last_match = 0  # tokens the last proposal's match reached back (0: none)
         # n -> {n-gram: the index just past its latest occurrence that has a continuation}
         self._index: dict[int, dict[tuple[int, ...], int]] = {
             n: {} for n in range(n_min, n_max + 1)
@@ -61,16 +54,11 @@ class NgramDrafter:
         matching suffix; empty when no suffix of ``n_min`` tokens or more occurred before."""
         ids = self._tokens
         end = len(ids)
-        self.last_match = 0
         if k <= 0:
             return []
         for n in range(min(self.n_max, end - 1), self.n_min - 1, -1):
             at = self._index[n].get(tuple(ids[end - n :]))
             if at is not None:
-                m = n  # extend the match backwards: the earlier run and the present agree
-                while m < MATCH_CAP and m < at and ids[at - 1 - m] == ids[end - 1 - m]:
-                    m += 1
-                self.last_match = m
                 draft = ids[at : at + k]
                 # A match that runs into the present is a loop of period end - at: repeat it.
                 period = end - at

@@ -288,18 +288,14 @@ class Scheduler:
             self._compact(plan)
         budget = self.n_batch
         # Generating sequences first: one token each keeps every stream moving, plus the
-        # drafts (what the one-token rows leave). In a full batch only copying sequences
-        # draft, and not while a prompt is being prefilled: draft rows would lengthen the
-        # step that gives a new request its first token.
+        # drafts while few sequences share the step (what the one-token rows leave).
         generating = [seq for seq in self.running if seq.n_pending == 1]
-        strict = len(generating) > self.spec.max_batch
-        prefilling = len(generating) < len(self.running)
-        drafting = self.spec.enabled and not (strict and prefilling)
+        drafting = self.spec.enabled and len(generating) <= self.spec.max_batch
         spare = budget - len(generating)
         for seq in generating:
             if budget <= 0:
                 break
-            draft = self._draft(seq, spare, strict) if drafting and spare > 0 else []
+            draft = self._draft(seq, spare) if drafting and spare > 0 else []
             spare -= len(draft)
             self._add_chunk(plan, seq, 1, draft)
             budget -= 1 + len(draft)
@@ -348,7 +344,7 @@ class Scheduler:
         busy = [s.id for s in self.slots if s.seq is not None]
         return bool(busy) and busy[-1] + 1 > len(busy)
 
-    def _draft(self, seq: Sequence, room: int, strict: bool) -> list[int]:
+    def _draft(self, seq: Sequence, room: int) -> list[int]:
         """Guessed tokens to verify after ``seq``'s pending one (none if not worth it)."""
         cfg = self.spec
         asked = seq.limits.draft_max
@@ -359,7 +355,7 @@ class Scheduler:
             return []
         if seq.spec is None:
             seq.spec = SeqSpeculation(cfg)
-        draft = seq.spec.draft(seq.prompt_ids, seq.output_ids, limit, strict)
+        draft = seq.spec.draft(seq.prompt_ids, seq.output_ids, limit)
         return draft if len(draft) >= cfg.draft_min else []
 
     def _add_chunk(

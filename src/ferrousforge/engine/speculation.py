@@ -5,13 +5,7 @@ other sequence's token. It pays off only when the guesses are accepted: on a CPU
 extra token in the batch costs a good part of a whole step, and once many sequences share
 the step the batch already keeps the cores busy. So drafting is adaptive:
 
-- freely while at most ``max_batch`` sequences are generating. Beyond that the batch
-  already keeps the cores busy and an extra row costs nearly a whole row's time (on this
-  CPU, llama-batched-bench: 194 tokens/s at 8 sequences, 201 at 16), so only a sequence
-  that is copying drafts: its recent drafts were (nearly) all accepted (``rate``) and its
-  n-gram match reaches back at least STRICT_MATCH tokens. Greedy loops and quoted passages
-  qualify; a paraphrase does not. Never in a step that prefills a prompt (the scheduler):
-  a longer step would delay that request's first token;
+- not at all while more than ``max_batch`` sequences are generating;
 - per sequence, the draft length follows the acceptance: all accepted doubles it (up to
   ``draft_max``), a partial acceptance of a tokens sets it to a + 1;
 - a draft of which nothing is accepted pauses that sequence's drafting for 1, 2, 4, ...
@@ -26,11 +20,6 @@ from ferrousforge.engine.ngram import NgramDrafter
 
 MAX_PAUSE = 64  # steps without drafting after repeated misses
 FIRST_DRAFT = 4  # draft length before any acceptance is known
-# Drafting in a batch of more than max_batch generating sequences: the recent acceptance
-# (an average weighted towards the last drafts) and the match length it needs.
-STRICT_RATE = 0.95
-STRICT_MATCH = 8
-RATE_KEEP = 0.3  # weight of the earlier drafts in ``rate``
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +28,7 @@ class SpecConfig:
 
     draft_max: int = 0  # most tokens drafted per step and sequence; 0: off
     draft_min: int = 1  # a shorter draft is not worth verifying
-    max_batch: int = 2  # draft freely while at most this many sequences generate, then strictly
+    max_batch: int = 2  # draft only while at most this many sequences are generating
     ngram_min: int = 2  # lookup n-gram sizes
     ngram_max: int = 4
 
@@ -55,34 +44,24 @@ class SpecConfig:
 class SeqSpeculation:
     """One sequence's drafter and its acceptance history."""
 
-    __slots__ = ("drafter", "k", "misses", "pause", "rate")
+    __slots__ = ("drafter", "k", "misses", "pause")
 
     def __init__(self, config: SpecConfig) -> None:
         self.drafter = NgramDrafter(config.ngram_min, config.ngram_max)
         self.k = min(FIRST_DRAFT, config.draft_max)
         self.misses = 0  # drafts in a row of which nothing was accepted
         self.pause = 0  # steps left without drafting
-        self.rate = 1.0  # recent accepted / drafted (optimistic before the first draft)
 
-    def draft(
-        self, prompt: list[int], output: list[int], limit: int, strict: bool = False
-    ) -> list[int]:
-        """Up to min(k, limit) guessed tokens to follow ``prompt + output`` (maybe none).
-        ``strict``: the batch is full, draft only when this sequence is copying."""
+    def draft(self, prompt: list[int], output: list[int], limit: int) -> list[int]:
+        """Up to min(k, limit) guessed tokens to follow ``prompt + output`` (maybe none)."""
         if self.pause > 0:
             self.pause -= 1
             return []
-        if strict and self.rate < STRICT_RATE:
-            return []
         self.drafter.sync(prompt, output)
-        draft = self.drafter.propose(min(self.k, limit))
-        if strict and self.drafter.last_match < STRICT_MATCH:
-            return []
-        return draft
+        return self.drafter.propose(min(self.k, limit))
 
     def update(self, drafted: int, accepted: int, draft_max: int) -> None:
         """Adapt to how much of a draft of ``drafted`` tokens was accepted."""
-        self.rate = RATE_KEEP * self.rate + (1 - RATE_KEEP) * accepted / drafted
         if accepted == 0:
             self.misses += 1
             self.pause = min(1 << (self.misses - 1), MAX_PAUSE)

@@ -87,9 +87,8 @@ class BackendConfig:
     # for one token is ended with SamplingBudgetError; 0 turns the check off.
     sample_budget_ms: float = 500.0
     # Speculative decoding by prompt lookup (engine/speculation.py): at most draft_max
-    # tokens guessed per step and sequence (0: off), none shorter than draft_min; every
-    # sequence drafts while at most draft_max_batch are generating, beyond that only those
-    # that are copying.
+    # tokens guessed per step and sequence (0: off), none shorter than draft_min, and only
+    # while at most draft_max_batch sequences are generating.
     draft_max: int = 16
     draft_min: int = 1
     draft_max_batch: int = 2
