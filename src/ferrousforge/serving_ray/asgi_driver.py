@@ -30,6 +30,7 @@ SCOPE_KEYS = (
     "server",
 )
 _END = object()
+DISCONNECT_GRACE_S = 0.5
 
 
 def portable_scope(scope: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +115,10 @@ async def drive(
                 yield coalesce(batch)
         await task  # the app's own exception, if any, after its messages
     finally:
-        left.set()
-        if not task.done():
+        left.set()  # the app sees http.disconnect and may end on its own...
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), DISCONNECT_GRACE_S)
+        if not task.done():  # ...or is cancelled, which frees its engine slot as well
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
