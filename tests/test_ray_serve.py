@@ -75,6 +75,7 @@ def ray_server() -> Iterator[LiveServer]:
             env=env, ready_s=240,
         ) as server:  # fmt: skip
             seen = _descendants(server.proc.pid)
+            _wait_for_replicas(server, 2)
             yield server
     finally:
         for pid in seen:  # anything Ray left behind after the server's own shutdown
@@ -82,6 +83,17 @@ def ray_server() -> Iterator[LiveServer]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _wait_for_replicas(server: LiveServer, n: int, wait_s: float = 90) -> None:
+    """Until every replica reports its metrics (each is up and has been seen by the ingress)."""
+    deadline = time.monotonic() + wait_s
+    while (
+        f"ferrousforge_replicas {n}"
+        not in httpx.get(server.url + "/metrics", headers=AUTH, timeout=30).text
+    ):
+        assert time.monotonic() < deadline, f"fewer than {n} replicas after {wait_s} s"
+        time.sleep(1)
 
 
 def chat(messages: list[dict], max_tokens: int = 8, **extra) -> dict:
@@ -102,9 +114,12 @@ def test_requests_spread_over_both_replicas(ray_server: LiveServer) -> None:
             url = ray_server.url + "/v1/chat/completions"
             return await asyncio.gather(*(_post(client, url, b) for b in bodies))
 
-    responses = asyncio.run(main())
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert len({r.headers[REPLICA] for r in responses}) == 2
+    seen: set[str] = set()
+    for _ in range(2):  # the ingress's router may learn of the second replica a moment late
+        responses = asyncio.run(main())
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        seen |= {r.headers[REPLICA] for r in responses}
+    assert len(seen) == 2
 
 
 def test_stream_arrives_whole_through_the_ingress(ray_server: LiveServer) -> None:
