@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ferrousforge-installed
 PROMPT ?= Write one sentence about the sea.
 
-.PHONY: fuzz install run serve test test-arch2 lint format bench rebuild-llama peers clean
+.PHONY: fuzz install run serve test test-ray test-arch2 lint format bench rebuild-llama peers clean
 
 install: $(STAMP)
 
@@ -30,6 +30,13 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q
+
+# `serve --ray` end to end (tests/test_ray_serve.py): a local Ray instance with two engine
+# replicas of the bundled model; installs the ray extra (Ray Serve) first. A few minutes.
+test-ray: install
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	RAY_USAGE_STATS_ENABLED=0 FERROUSFORGE_RAY_TESTS=1 $(PY) -m pytest -q \
+		tests/test_ray_serve.py tests/test_serving_ray_units.py
 
 # Bounded schemathesis run of the OpenAPI schema against a real server (fixed seed).
 fuzz: install

@@ -121,3 +121,7 @@ class QuantNotFoundError(ModelNotFoundError):
 
 class ModelDownloadError(FerrousForgeError):
     """The Hugging Face Hub could not be reached, refused access, or offline mode forbids it."""
+
+
+class RayNotInstalledError(FerrousForgeError):
+    """``serve --ray`` was asked for, but Ray Serve (the ``ray`` extra) is not installed."""

@@ -392,6 +392,39 @@ class ServerSettings(BaseSettings):
         None, description="the same MCP server definitions inline, as JSON"
     )
 
+    ray: bool = Field(
+        False,
+        description="serve with Ray Serve: --replicas engine replicas (each loads the models "
+        "once) behind an ingress and a prefix-cache-aware router, on --host/--port; RAY_ADDRESS "
+        "joins a running Ray cluster, else Ray starts on this machine (needs "
+        "pip install 'ferrousforge[ray]')",
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="with --ray: engine replicas to start (the initial count when autoscaling); "
+        "on this machine without --threads each gets cores / replicas threads",
+    )
+    min_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="with --ray: autoscale, never below this many replicas (default: 1 when "
+        "--max-replicas is given)",
+    )
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="with --ray: autoscale, never above this many replicas (default: "
+        "--replicas when --min-replicas is given)",
+    )
+    target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        description="with --ray and autoscaling: requests running or waiting per replica "
+        "that autoscaling aims for (default: --parallel)",
+    )
+
     @field_validator("api_key", "cors_origins", "tools", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -421,6 +454,19 @@ class ServerSettings(BaseSettings):
             except OSError as e:
                 raise ValueError(f"api_key_file: cannot read it: {e.strerror}") from None
             self.api_key = [*self.api_key, *(ln.strip() for ln in text.splitlines() if ln.strip())]
+        return self
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> ServerSettings:
+        lo, hi = self.min_replicas, self.max_replicas
+        if lo is None and hi is None:
+            return self
+        lo = 1 if lo is None else lo
+        hi = max(self.replicas, lo) if hi is None else hi
+        if lo > hi:
+            raise ValueError("min_replicas: must not exceed max_replicas")
+        if not lo <= self.replicas <= hi:
+            raise ValueError("replicas: must lie between min_replicas and max_replicas")
         return self
 
     @field_validator("tools")

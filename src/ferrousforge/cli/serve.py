@@ -27,6 +27,8 @@ EPILOG = """examples:
   ferrousforge serve --config models.toml --api-key sk-local
   ferrousforge serve --models-dir ~/models --max-loaded-models 2 --idle-unload 300
   FERROUSFORGE_API_KEY=k1,k2 FERROUSFORGE_PORT=9000 ferrousforge serve
+  ferrousforge serve --ray --replicas 2                # two engine replicas on Ray Serve
+  ferrousforge serve --ray --min-replicas 1 --max-replicas 4   # autoscaled on queue length
 
 then:
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -64,6 +66,13 @@ def run_serve(args: argparse.Namespace) -> int:
         apply_llama_server_flags(args)
         config = read_config(args.config) if args.config else None
         settings = load_settings(settings_from_args(args), config)
+        if settings.ray:  # before the models are resolved: the replicas' threads change
+            from ferrousforge.serving_ray import require_ray
+
+            require_ray()
+            from ferrousforge.serving_ray.launcher import replica_settings
+
+            settings = replica_settings(settings)
         specs = model_specs(settings, config.models if config else None)
         for spec in specs:
             if spec.preload:  # a bad file should stop us here, not after the server is up
@@ -81,6 +90,10 @@ def run_serve(args: argparse.Namespace) -> int:
         settings.log_level = "debug"
     level = getattr(logging, settings.log_level.upper())
     logging.getLogger("ferrousforge").setLevel(level)
+    if settings.ray:
+        from ferrousforge.serving_ray.launcher import serve_on_ray
+
+        return serve_on_ray(settings, specs)
     # A server whose model cannot load would answer 503 forever: stop it instead (with a
     # config file too, since a configured model would be missing).
     app = create_app(settings, specs, on_load_error=lambda _: setattr(server, "should_exit", True))
