@@ -35,12 +35,29 @@ class LlamaModel(NativeHandle):
     _what = "model"
 
     def __init__(
-        self, lib: ModuleType, path: Path, config: BackendConfig, accelerator: Accelerator
+        self,
+        lib: ModuleType,
+        path: Path,
+        config: BackendConfig,
+        accelerator: Accelerator,
+        *,
+        devices=None,
+        vocab_only: bool = False,
     ) -> None:
+        """``devices``: a NULL-terminated ggml_backend_dev_t array (RPC workers) that gets
+        the layers instead of the library's own devices. ``vocab_only``: the tokenizer and
+        metadata alone, no weights."""
         super().__init__(lib)
         self.path = path
         self.accelerator = accelerator
         params = self._model_params(config, accelerator)
+        if devices is not None:
+            self._devices = devices  # llama.cpp copies the list at load; keep it until then
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
+            params.n_gpu_layers = config.n_gpu_layers if config.n_gpu_layers >= 0 else 999
+            # Workers hold plain buffers; repacked CPU buffers here would change the sums.
+            params.use_extra_bufts = False
+        params.vocab_only = vocab_only
         mark = log_mark()
         try:
             ptr = native_guard().model_load(str(path).encode(), params)
