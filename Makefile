@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ferrousforge-installed
 PROMPT ?= Write one sentence about the sea.
 
-.PHONY: fuzz install run serve test test-arch2 lint format bench rebuild-llama peers clean
+.PHONY: fuzz install run serve test test-arch2 test-rpc lint format bench rebuild-llama peers clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Only the RPC tests (also in `make test`): the default model split over two rpc-workers.
+test-rpc: install
+	$(PY) -m pytest -q tests/test_rpc.py tests/test_rpc_split.py
 
 # Bounded schemathesis run of the OpenAPI schema against a real server (fixed seed).
 fuzz: install
