@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from live_server import free_port, live_server, write_models_config
 
 from ferrousforge.api.request import InferenceOptions
+from ferrousforge.errors import RemoteWorkerError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig, BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
 
@@ -133,3 +136,28 @@ def test_serve_rpc_survives_a_lost_worker(model_path, tmp_path) -> None:
             port = int(endpoints[1].rsplit(":", 1)[1])
             with rpc_worker(tmp_path / "w2b.log", port):
                 assert _complete(client, "split") == local_text
+
+
+async def test_a_paused_worker_is_a_timeout_not_a_hang(model_path, tmp_path) -> None:
+    backend = LlamaCppBackend()
+    with two_workers(tmp_path) as workers:
+        config = BackendConfig(
+            num_threads=1,
+            context_size=512,
+            max_parallel=1,
+            rpc_servers=[w[0] for w in workers],
+            rpc_step_timeout_s=3,
+        )
+        split = backend.load_model_sync(model_path, config, AcceleratorType.Cpu())
+        paused = workers[0][1]
+        try:
+            paused.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(RemoteWorkerError, match="no answer from the workers"):
+                await asyncio.wait_for(
+                    backend.infer(split.handle, BackendInput.Text(PROMPT), GREEDY), 30
+                )
+            assert time.monotonic() - t0 < 10
+        finally:
+            paused.send_signal(signal.SIGCONT)
+            await backend.unload_model(split.handle)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pickle
 import socket
 import subprocess
@@ -95,6 +96,8 @@ class RemoteRunner:
                 [sys.executable, "-m", CHILD_MODULE, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                # A lost worker aborts the child: its message, not a gdb backtrace, in the log.
+                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
             )
         except BaseException:
             mine.close()
