@@ -55,12 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_host(host: str, allow_public: bool) -> None:
     from ferrousforge.inference.backends.llama_cpp.rpc import is_private
 
-    if not allow_public and not is_private(host):
-        raise ValueError(
-            f"--host {host}: not a loopback or private address. llama.cpp's RPC protocol has "
-            "no authentication, so anyone who can reach the port can use this machine; bind "
-            "to a private interface, or pass --allow-public if a firewall guards it"
-        )
+    if is_private(host):
+        return
+    if allow_public:
+        log.warning("rpc-worker: listening on %s, which is not private: no authentication", host)
+        return
+    raise ValueError(
+        f"--host {host}: not a loopback or private address. llama.cpp's RPC protocol has "
+        "no authentication, so anyone who can reach the port can use this machine; bind "
+        "to a private interface, or pass --allow-public if a firewall guards it"
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
