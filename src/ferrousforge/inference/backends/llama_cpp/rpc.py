@@ -24,6 +24,7 @@ RPC_MISSING = (
     "flags, so add -DGGML_RPC=ON to it"
 )
 CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+GPU_DEVICES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU
 _LIBS = ("libggml.so", "libggml-base.so", "libggml.dylib", "libggml-base.dylib")
 
 
