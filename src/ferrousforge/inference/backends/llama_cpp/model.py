@@ -29,7 +29,7 @@ def normalize_accelerator(acc: Accelerator | type | None) -> Accelerator:
     return acc
 
 
-def _has_gpu(lib: ModuleType) -> bool:
+def has_gpu(lib: ModuleType) -> bool:
     """A GPU device in the library: llama_supports_gpu_offload is also true for a build
     with the RPC backend alone, where a GPU request would silently run on the CPU."""
     if not lib.llama_supports_gpu_offload():
@@ -103,7 +103,7 @@ class LlamaModel(NativeHandle):
         lib = self._lib
         params = lib.llama_model_default_params()
         gpu = not isinstance(acc, AcceleratorType.Cpu)
-        if gpu and not _has_gpu(lib):
+        if gpu and not has_gpu(lib):
             raise AcceleratorUnavailableError(
                 f"{type(acc).__name__} was requested but the loaded libllama has no GPU "
                 "support. Rebuild llama-cpp-python with e.g. CMAKE_ARGS='-DGGML_CUDA=on' "
