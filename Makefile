@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ferrousforge-installed
 PROMPT ?= Write one sentence about the sea.
 
-.PHONY: fuzz install run serve test test-ray test-arch2 lint format bench rebuild-llama peers clean
+.PHONY: fuzz install run serve test test-ray test-arch2 test-rpc lint format bench rebuild-llama peers clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test-ray: install
 	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	RAY_USAGE_STATS_ENABLED=0 FERROUSFORGE_RAY_TESTS=1 $(PY) -m pytest -q \
 		tests/test_ray_serve.py tests/test_serving_ray_units.py
+
+# Only the RPC tests (also in `make test`): the default model split over two rpc-workers.
+test-rpc: install
+	$(PY) -m pytest -q tests/test_rpc.py tests/test_rpc_split.py
 
 # Bounded schemathesis run of the OpenAPI schema against a real server (fixed seed).
 fuzz: install

@@ -3,12 +3,16 @@
 # Why not -march=native: on some VMs the CPU advertises AMX but executing
 # `tilezero` raises SIGILL, so we never enable AMX and name every other ISA
 # extension explicitly from /proc/cpuinfo. A user's own CMAKE_ARGS win.
+# GGML_RPC builds libggml-rpc (the RPC backend behind `ferrousforge
+# rpc-worker` and --rpc); RDMA stays off (it needs libibverbs).
 set -euo pipefail
 if [[ -n "${CMAKE_ARGS:-}" ]]; then
   echo "$CMAKE_ARGS"
   exit 0
 fi
 args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF"
+rpc="-DGGML_RPC=ON -DGGML_RPC_RDMA=OFF"
+args+=" $rpc"
 arch=$(uname -m)
 if [[ "$arch" == "x86_64" && -r /proc/cpuinfo ]]; then
   flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
@@ -21,6 +25,6 @@ if [[ "$arch" == "x86_64" && -r /proc/cpuinfo ]]; then
   args+=" -DGGML_AVX512_BF16=$(on avx512_bf16)"
 elif [[ "$arch" != "x86_64" ]]; then
   # Other architectures have no AMX trap: keep llama.cpp's native tuning.
-  args="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF"
+  args="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF $rpc"
 fi
 echo "$args"

@@ -130,8 +130,9 @@ def test_engine_bench_on_the_gpu_needs_a_gpu_library(model_path, capsys):
     """--gpu loads with the GPU backend; a CPU-only libllama is a message, not a traceback."""
     from ferrousforge.bench.cli import main
     from ferrousforge.inference.backends.llama_cpp.library import load_library
+    from ferrousforge.inference.backends.llama_cpp.model import has_gpu
 
-    if load_library(None).llama_supports_gpu_offload():
+    if has_gpu(load_library(None)):  # not llama_supports_gpu_offload: true with RPC alone
         pytest.skip("this libllama can offload: the GPU check (gpu/) runs the bench there")
     args = ["engine", "--gpu", "--n-gpu-layers", "4", "--model", str(model_path)]
     assert main([*args, "--levels", "1", "--pp", "0", "--tg", "0", "--gen-tokens", "2"]) == 1

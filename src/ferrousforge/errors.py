@@ -68,6 +68,15 @@ class DecodeError(FerrousForgeError):
     """llama_decode failed with a fatal error."""
 
 
+class RemoteWorkerError(FerrousForgeError):
+    """An RPC worker holding part of a model could not be reached, stopped answering, or
+    went away mid-step (the process that held the model's remote devices is gone)."""
+
+
+class RpcUnavailableError(FerrousForgeError):
+    """--rpc or rpc-worker was used with a libllama built without GGML_RPC."""
+
+
 class AuthenticationError(FerrousForgeError):
     """A request to the server carried no API key or a wrong one."""
 

@@ -75,6 +75,19 @@ class ModelSettings(BaseModel):
     pooling: PoolingName | None = Field(
         None, description="embedding pooling (default: the server's --pooling)"
     )
+    rpc: list[str] | None = Field(
+        None,
+        description="rpc workers (host:port) holding this model's layers (default: the "
+        "server's --rpc; [] runs it on this machine)",
+    )
+    tensor_split: list[float] | None = Field(
+        None, description="each rpc worker's share (default: the server's --tensor-split)"
+    )
+
+    @field_validator("rpc", "tensor_split", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
 
 
 class ServerSettings(BaseSettings):
@@ -172,6 +185,23 @@ class ServerSettings(BaseSettings):
         ge=-1,
         description="layers offloaded to the accelerator, when the library has one (-1: all)",
         json_schema_extra=flags("-ngl", "--gpu-layers"),
+    )
+    rpc: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="llama.cpp RPC workers (host:port, comma-separated; see `ferrousforge "
+        "rpc-worker`) that hold the served models' layers; no authentication: private "
+        "networks only",
+    )
+    tensor_split: Annotated[list[float] | None, NoDecode] = Field(
+        None,
+        description="how much of the model each device gets (comma-separated, in --rpc order "
+        "with --rpc; default: by free memory)",
+        json_schema_extra=flags("-ts"),
+    )
+    rpc_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="seconds one step may take on the --rpc workers before they count as lost",
     )
     flash_attn: OnOffAuto = Field(
         "auto",
@@ -425,7 +455,7 @@ class ServerSettings(BaseSettings):
         "that autoscaling aims for (default: --parallel)",
     )
 
-    @field_validator("api_key", "cors_origins", "tools", mode="before")
+    @field_validator("api_key", "cors_origins", "tools", "rpc", "tensor_split", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         if isinstance(value, list):  # repeated flags, each possibly a comma list

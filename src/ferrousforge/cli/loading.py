@@ -66,6 +66,19 @@ def add_model_arguments(p) -> None:
         metavar="PATH",
         help="use this libllama instead of the bundled one [env FERROUSFORGE_LLAMA_LIB]",
     )
+    g.add_argument(
+        "--rpc",
+        default=None,
+        metavar="HOST:PORT,...",
+        help="run the model's layers on these `ferrousforge rpc-worker`s [env FERROUSFORGE_RPC]",
+    )
+    g.add_argument(
+        "-ts",
+        "--tensor-split",
+        default=None,
+        metavar="W,...",
+        help="with --rpc: each worker's share of the layers (default: by free memory)",
+    )
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=512, help="most tokens per answer")
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
@@ -84,7 +97,9 @@ def load_cli_model(model: str | None, args, parallel: int = 1):
     from ferrousforge.settings import load_settings
 
     # --pull over FERROUSFORGE_PULL over the default, as for `serve`
-    mid, path = resolve_model_path(model, pull=load_settings({"pull": args.pull}).pull)
+    given = {"pull": args.pull, "rpc": args.rpc, "tensor_split": args.tensor_split}
+    settings = load_settings({k: v for k, v in given.items() if v is not None})
+    mid, path = resolve_model_path(model, pull=settings.pull)
     progress = LoadProgress(mid)
     kwargs = dict(
         context_size=args.ctx_size,
@@ -92,6 +107,9 @@ def load_cli_model(model: str | None, args, parallel: int = 1):
         max_waiting=1,
         library_path=args.llama_lib or os.environ.get("FERROUSFORGE_LLAMA_LIB"),
         progress_callback=progress,
+        rpc_servers=list(settings.rpc),
+        tensor_split=settings.tensor_split,
+        rpc_step_timeout_s=settings.rpc_timeout,
     )
     if args.threads:
         kwargs["num_threads"] = args.threads

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ferrousforge import __version__
-from ferrousforge.cli import chat, doctor, info, models, run, serve
+from ferrousforge.cli import chat, doctor, info, models, rpc_worker, run, serve
 
 EPILOG = """examples:
   ferrousforge run "Why is the sky blue?"       answer one prompt with the bundled model
@@ -19,6 +19,7 @@ EPILOG = """examples:
   ferrousforge serve --port 8080                OpenAI-compatible server
   ferrousforge info ./model.gguf                GGUF metadata
   ferrousforge doctor                           check the llama.cpp library on this machine
+  ferrousforge rpc-worker --host 10.0.0.2       lend this machine to a model split with --rpc
 
 `ferrousforge COMMAND --help` shows each command's flags.
 """
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register(sub)
     models.register(sub)
     doctor.register(sub)
+    rpc_worker.register(sub)
     _register_optional(sub, "ferrousforge.bench.cli")
     return parser
 

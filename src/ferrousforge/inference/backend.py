@@ -72,6 +72,12 @@ class BackendConfig:
     main_gpu: int = 0
     split_mode: SplitMode = "layer"
     tensor_split: list[float] | None = None
+    # llama.cpp RPC workers (host:port) that hold the model's layers, weighed by
+    # tensor_split in this order (None or all zeros: by their free memory). The model then
+    # runs in a child process (ggml-rpc aborts its process when a worker goes away), and a
+    # step longer than rpc_step_timeout_s counts as a lost worker.
+    rpc_servers: list[str] = field(default_factory=list)
+    rpc_step_timeout_s: float = 120.0
     flash_attention: Literal["auto", "on", "off"] = "auto"
     cache_type_k: KVCacheType = "f16"
     cache_type_v: KVCacheType = "f16"
@@ -136,12 +142,19 @@ class BackendConfig:
             ),
             (self.embedding_batch >= 1, "embedding_batch", ">= 1"),
             (self.main_gpu >= 0, "main_gpu", ">= 0"),
+            (all(_is_endpoint(e) for e in self.rpc_servers), "rpc_servers", "host:port items"),
+            (self.rpc_step_timeout_s > 0, "rpc_step_timeout_s", "> 0"),
             (self.split_mode in ("none", "layer", "row"), "split_mode", "none, layer or row"),
             (self.flash_attention in ("auto", "on", "off"), "flash_attention", "auto, on or off"),
         ]
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"{name}: must be {rule}")
+
+
+def _is_endpoint(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 class BackendInput:

@@ -18,7 +18,7 @@ from ferrousforge.engine.prompt_cache import MIB
 from ferrousforge.engine.runner import LogprobEntry
 from ferrousforge.engine.sequence import SamplingLimits
 from ferrousforge.engine.speculation import SpecConfig
-from ferrousforge.errors import ModelNotFoundError
+from ferrousforge.errors import ModelNotFoundError, NotSupportedError, RpcUnavailableError
 from ferrousforge.inference.backend import (
     Accelerator,
     BackendConfig,
@@ -39,6 +39,13 @@ from ferrousforge.inference.backends.llama_cpp.embedder import (
 )
 from ferrousforge.inference.backends.llama_cpp.library import library_info, load_library
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
+from ferrousforge.inference.backends.llama_cpp.remote import (
+    RemoteContext,
+    RemoteRunner,
+    RemoteSampler,
+    VocabLease,
+)
+from ferrousforge.inference.backends.llama_cpp.rpc import RPC_MISSING, supports_rpc
 from ferrousforge.inference.backends.llama_cpp.runner import LlamaRunner
 from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
 from ferrousforge.inference.backends.llama_cpp.shared_model import ModelLease, SharedModels
@@ -60,8 +67,8 @@ class LoadedModel:
     handle: ModelHandle
     info: GGUFInfo
     config: BackendConfig
-    lease: ModelLease  # the weights, shared with other loads of the same file
-    context: LlamaContext
+    lease: ModelLease | VocabLease  # the weights, shared with other loads of the same file
+    context: LlamaContext | RemoteContext  # RemoteContext: the model runs on rpc workers
     engine: Engine
 
     @property
@@ -93,6 +100,43 @@ class LoadedModel:
             self.engine.embedder.close()
         self.context.close()
         self.lease.release()  # frees the weights if no other load uses them
+
+
+def _sampler(lm: LoadedModel, opts: InferenceOptions) -> SamplerChain | RemoteSampler:
+    if lm.config.rpc_servers:
+        # Built where the logits are, in the child; checked here first (a bad grammar is
+        # the caller's 400, not a failed step).
+        SamplerChain(lm.model._lib, lm.vocab.ptr, lm.vocab.n_tokens, opts, lm.n_ctx_seq).close()
+        return RemoteSampler(opts)
+    return SamplerChain(
+        lm.model._lib,
+        lm.vocab.ptr,
+        lm.vocab.n_tokens,
+        opts,
+        lm.n_ctx_seq,
+        budget_s=lm.engine.sample_budget_s,
+        piece=lambda t, v=lm.vocab: v.piece(t, True),
+    )
+
+
+def _no_embedder():
+    raise NotSupportedError(
+        "embeddings are not available for a model on rpc workers (--rpc); serve an "
+        "embedding model locally"
+    )
+
+
+def _remote_parts(lib, path: Path, config: BackendConfig, acc: Accelerator, n_ctx: int):
+    """A vocab-only model here, the weights and context in a child process on the workers."""
+    if not supports_rpc(lib):
+        raise RpcUnavailableError(f"--rpc: {RPC_MISSING}")
+    model = LlamaModel(lib, path, config, acc, vocab_only=True)
+    try:
+        runner = RemoteRunner(path, config, n_ctx)
+    except BaseException:
+        model.close()
+        raise
+    return VocabLease(model), RemoteContext(runner), runner
 
 
 def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
@@ -136,16 +180,20 @@ class LlamaCppBackend:
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
         choice = choose_context(gguf, config, weights_bytes(path, gguf))
-        lease = self.shared_models.acquire(lib, path, config, acc)
+        if config.rpc_servers:
+            lease, context, runner = _remote_parts(lib, path, config, acc, choice.n_ctx)
+        else:
+            lease = self.shared_models.acquire(lib, path, config, acc)
+            try:
+                context = LlamaContext(lib, lease.model, config, choice.n_ctx)
+            except BaseException:
+                lease.release()
+                raise
+            runner = LlamaRunner(context)
         model = lease.model
         try:
-            context = LlamaContext(lib, model, config, choice.n_ctx)
-        except BaseException:
-            lease.release()
-            raise
-        try:
             engine = Engine(
-                LlamaRunner(context),
+                runner,
                 model.vocab.piece,
                 max_waiting=config.max_waiting,
                 prefix_cache=config.prefix_cache,
@@ -153,18 +201,24 @@ class LlamaCppBackend:
                 name=path.stem,
                 sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
                 spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
-                embedder_factory=lambda: LlamaEmbedder(lib, model, config),
+                embedder_factory=(
+                    _no_embedder
+                    if config.rpc_servers
+                    else lambda: LlamaEmbedder(lib, model, config)
+                ),
             )
         except BaseException:
             context.close()
             lease.release()
             raise
         handle = ModelHandle(next(_handle_ids), path, self.name)
+        where = f" on rpc workers {', '.join(config.rpc_servers)}" if config.rpc_servers else ""
         loaded = LoadedModel(handle, gguf, config, lease, context, engine)
         self._models[handle.id] = loaded
         log.info(
-            "loaded %s: %s, n_ctx=%d (%d per sequence), %d parallel sequences; context: %s",
+            "loaded %s%s: %s, n_ctx=%d (%d per sequence), %d parallel sequences; context: %s",
             path.name,
+            where,
             model.description,
             context.n_ctx,
             context.n_ctx_seq,
@@ -292,15 +346,7 @@ class LlamaCppBackend:
                 if n > 1 and options.seed is not None:
                     # siblings must differ; seeds are uint32, so wrap around
                     opts = options.replace(seed=(options.seed + i) % 2**32)
-                sampler = SamplerChain(
-                    lm.model._lib,
-                    lm.vocab.ptr,
-                    lm.vocab.n_tokens,
-                    opts,
-                    lm.n_ctx_seq,
-                    budget_s=lm.engine.sample_budget_s,
-                    piece=lambda t, v=lm.vocab: v.piece(t, True),
-                )
+                sampler = _sampler(lm, opts)
                 try:
                     leader = streams[0].seq if streams else None
                     streams.append(

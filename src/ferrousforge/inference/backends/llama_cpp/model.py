@@ -29,18 +29,49 @@ def normalize_accelerator(acc: Accelerator | type | None) -> Accelerator:
     return acc
 
 
+def has_gpu(lib: ModuleType) -> bool:
+    """A GPU device in the library: llama_supports_gpu_offload is also true for a build
+    with the RPC backend alone, where a GPU request would silently run on the CPU."""
+    if not lib.llama_supports_gpu_offload():
+        return False
+    from ferrousforge.inference.backends.llama_cpp.rpc import GPU_DEVICES, ggml_for
+
+    try:
+        g = ggml_for(lib)
+    except Exception:  # a dynamic library without separate ggml files: trust llama.cpp
+        return True
+    return any(g.dev_by_type(t) for t in GPU_DEVICES)
+
+
 class LlamaModel(NativeHandle):
     """Loads a GGUF model; frees it exactly once (``close`` or garbage collection)."""
 
     _what = "model"
 
     def __init__(
-        self, lib: ModuleType, path: Path, config: BackendConfig, accelerator: Accelerator
+        self,
+        lib: ModuleType,
+        path: Path,
+        config: BackendConfig,
+        accelerator: Accelerator,
+        *,
+        devices=None,
+        vocab_only: bool = False,
     ) -> None:
+        """``devices``: a NULL-terminated ggml_backend_dev_t array (RPC workers) that gets
+        the layers instead of the library's own devices. ``vocab_only``: the tokenizer and
+        metadata alone, no weights."""
         super().__init__(lib)
         self.path = path
         self.accelerator = accelerator
         params = self._model_params(config, accelerator)
+        if devices is not None:
+            self._devices = devices  # llama.cpp copies the list at load; keep it until then
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
+            params.n_gpu_layers = config.n_gpu_layers if config.n_gpu_layers >= 0 else 999
+            # Workers hold plain buffers; repacked CPU buffers here would change the sums.
+            params.use_extra_bufts = False
+        params.vocab_only = vocab_only
         mark = log_mark()
         try:
             ptr = native_guard().model_load(str(path).encode(), params)
@@ -72,7 +103,7 @@ class LlamaModel(NativeHandle):
         lib = self._lib
         params = lib.llama_model_default_params()
         gpu = not isinstance(acc, AcceleratorType.Cpu)
-        if gpu and not lib.llama_supports_gpu_offload():
+        if gpu and not has_gpu(lib):
             raise AcceleratorUnavailableError(
                 f"{type(acc).__name__} was requested but the loaded libllama has no GPU "
                 "support. Rebuild llama-cpp-python with e.g. CMAKE_ARGS='-DGGML_CUDA=on' "
