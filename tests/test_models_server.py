@@ -219,3 +219,32 @@ def test_a_memory_budget_keeps_the_loaded_estimate_under_it(copies_dir: Path):
         assert metric(s.url, EVICTED) >= 4  # every load after the second evicted one
         loaded = [m for m, st in statuses(s.url).items() if st == "loaded"]
         assert sorted(loaded) == ["beta", "gamma"]  # the two most recently used
+
+
+def test_a_long_prompt_fits_under_a_memory_budget(copies_dir: Path):
+    """--ctx-size 0 with --memory-budget and --max-loaded-models 2: each model's share holds
+    about 3,072 KV cells; split into 8 slots that is 384 per request, pooled it takes a
+    3,000-token prompt while the other model answers too."""
+    from ferrousforge.inference.backend import BackendConfig
+    from ferrousforge.inference.gguf import read_gguf
+    from ferrousforge.models.memory import estimate_memory
+
+    path = copies_dir / "alpha.gguf"
+    if read_gguf(path).arch_value("context_length") < 3100:
+        pytest.skip("the model was trained on fewer than 3,100 tokens")
+    pooled = BackendConfig(context_size=3072, max_parallel=8, kv_unified=True)
+    budget = 2 * estimate_memory(path, pooled).total_bytes
+    args = ["--models-dir", str(copies_dir), "--no-pulled-models", "--memory-budget", str(budget)]
+    with live_server(*args, "--max-loaded-models", "2", "--ctx-size", "0") as s:
+        c = client(s.url)
+        words = "The sea is blue and the sky is wide. " * 400
+        r = httpx.post(s.url + "/tokenize", json={"model": "alpha", "content": words}, timeout=60)
+        ids = r.json()["tokens"][:3000]
+        with ThreadPoolExecutor(2) as pool:
+            other = pool.submit(ask, c, "beta")
+            long = c.completions.create(model="alpha", prompt=ids, max_tokens=4)
+            other.result()
+        assert long.usage.prompt_tokens == 3000 and long.usage.completion_tokens >= 1
+        meta = httpx.get(s.url + "/v1/models/alpha", timeout=10).json()["meta"]
+        assert meta["n_ctx"] >= 3004 and meta["slots"] == 8
+        assert metric(s.url, "models_loaded_bytes") <= budget

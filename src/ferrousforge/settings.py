@@ -148,14 +148,17 @@ class ServerSettings(BaseSettings):
         0,
         ge=0,
         description="total KV cache in tokens, split evenly across the --parallel sequences "
-        "(0: the model's training context per sequence, as far as half the available RAM "
-        "holds it, never below min(model's, 2048); the load log says what was chosen)",
+        "(0: the model's training context per sequence, as far as --memory-budget or half "
+        "the available RAM holds it; if it holds less, one pool of what fits that any "
+        "request may fill up to the training context; the load log says what was chosen)",
         json_schema_extra=flags("-c"),
     )
-    kv_unified: bool = Field(
-        False,
+    kv_unified: bool | None = Field(
+        None,
         description="pool the KV cache so one request may use all of it (slower batched "
-        "decode; output depends on the batch)",
+        "decode; output depends on the batch); --no-kv-unified: one stream per slot always "
+        "(default: streams, unless --ctx-size 0 cannot give every slot the model's training "
+        "context, then one pool of what fits)",
         json_schema_extra=flags("-kvu", negative=("-no-kvu",)),
     )
     batch_size: int = Field(

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,10 +136,11 @@ class LlamaCppBackend:
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
         choice = choose_context(gguf, config, weights_bytes(path, gguf))
+        config = replace(config, kv_unified=choice.unified)  # the layout chosen
         lease = self.shared_models.acquire(lib, path, config, acc)
         model = lease.model
         try:
-            context = LlamaContext(lib, model, config, choice.n_ctx)
+            context = LlamaContext(lib, model, config, choice)
         except BaseException:
             lease.release()
             raise
