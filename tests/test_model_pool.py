@@ -294,3 +294,27 @@ async def test_loads_never_run_concurrently_past_the_limit():
     assert len(pool.loaded) <= 2
     resident = [e for e in pool.entries.values() if e.status is not ModelStatus.UNLOADED]
     assert len(resident) <= 2
+
+
+def test_host_caches_take_a_quarter_of_the_budget_together(tmp_path: Path):
+    from ferrousforge.models.registry import model_specs
+    from ferrousforge.settings import load_settings
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.gguf").write_bytes(b"")
+    mib = 2**20
+
+    def configs(**kw) -> list[BackendConfig]:
+        base = {"models_dir": str(tmp_path), "pulled_models": False, "memory_budget": "3GiB"}
+        return [s.config for s in model_specs(load_settings(base | kw))]
+
+    # three models, no --max-loaded-models: a twelfth of the budget each
+    assert {(c.cache_ram_mib, c.memory_budget_bytes) for c in configs()} == {
+        (256, 3 * GIB - 256 * mib)
+    }
+    # two at a time: an eighth each, out of each one's half
+    assert {(c.cache_ram_mib, c.memory_budget_bytes) for c in configs(max_loaded_models=2)} == {
+        (384, 3 * GIB // 2 - 384 * mib)
+    }
+    assert {c.cache_ram_mib for c in configs(cache_ram=100)} == {100}  # --cache-ram: less
+    assert {c.cache_ram_mib for c in configs(memory_budget=None)} == {8192}  # no budget

@@ -223,8 +223,9 @@ def test_a_memory_budget_keeps_the_loaded_estimate_under_it(copies_dir: Path):
 
 def test_a_long_prompt_fits_under_a_memory_budget(copies_dir: Path):
     """--ctx-size 0 with --memory-budget and --max-loaded-models 2: each model's share holds
-    about 3,072 KV cells; split into 8 slots that is 384 per request, pooled it takes a
-    3,000-token prompt while the other model answers too."""
+    about 3,072 KV cells (less its host prompt cache); split into 8 slots that would be
+    under 384 per request, pooled it takes a 3,000-token prompt while the other model
+    answers too."""
     from ferrousforge.inference.backend import BackendConfig
     from ferrousforge.inference.gguf import read_gguf
     from ferrousforge.models.memory import estimate_memory
@@ -233,7 +234,8 @@ def test_a_long_prompt_fits_under_a_memory_budget(copies_dir: Path):
     if read_gguf(path).arch_value("context_length") < 3100:
         pytest.skip("the model was trained on fewer than 3,100 tokens")
     pooled = BackendConfig(context_size=3072, max_parallel=8, kv_unified=True)
-    budget = 2 * estimate_memory(path, pooled).total_bytes
+    # two shares, each 3/4 for the model and 1/4 for its host prompt cache
+    budget = 2 * estimate_memory(path, pooled).total_bytes * 4 // 3 + 2**20
     args = ["--models-dir", str(copies_dir), "--no-pulled-models", "--memory-budget", str(budget)]
     with live_server(*args, "--max-loaded-models", "2", "--ctx-size", "0") as s:
         c = client(s.url)
@@ -248,3 +250,6 @@ def test_a_long_prompt_fits_under_a_memory_budget(copies_dir: Path):
         meta = httpx.get(s.url + "/v1/models/alpha", timeout=10).json()["meta"]
         assert meta["n_ctx"] >= 3004 and meta["slots"] == 8
         assert metric(s.url, "models_loaded_bytes") <= budget
+        # the host prompt caches count too: together at most a quarter of the budget
+        cache = metric(s.url, 'host_cache_capacity_bytes{model="alpha"}')
+        assert 0 < cache <= budget / 4 / 2

@@ -54,18 +54,20 @@ class MemoryCost:
     """What loading a model takes: weights (shared by models of one file) and the rest."""
 
     weights_bytes: int
-    other_bytes: int  # KV cache, compute buffers, per context
+    other_bytes: int  # KV cache, compute buffers and host prompt cache, per context
 
 
 Estimator = Callable[[ModelSpec], MemoryCost]
 
 
 def estimate_cost(spec: ModelSpec) -> MemoryCost:
-    """The default estimator: GGUF tensor sizes plus the KV and compute the config implies."""
+    """The default estimator: GGUF tensor sizes plus the KV and compute the config implies,
+    plus the host prompt cache at its capacity (it fills as prompts leave their slots)."""
     from ferrousforge.models.memory import estimate_memory
 
     est = estimate_memory(spec.path, spec.config)
-    return MemoryCost(est.weights_bytes, est.total_bytes - est.weights_bytes)
+    host_cache = spec.config.cache_ram_mib * 2**20
+    return MemoryCost(est.weights_bytes, est.total_bytes - est.weights_bytes + host_cache)
 
 
 @dataclass(slots=True, eq=False)

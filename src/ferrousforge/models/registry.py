@@ -8,7 +8,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ferrousforge.errors import ModelNotFoundError
@@ -100,7 +100,8 @@ def backend_config(
     budget = settings.memory_budget_bytes
     if budget is not None:
         # --ctx-size 0 sizes each model's context to fit: with --max-loaded-models N,
-        # to its 1/N share of the budget, so that N of them can be loaded together.
+        # to its 1/N share of the budget, so that N of them can be loaded together
+        # (less its host prompt cache: see fit_host_caches).
         kwargs["memory_budget_bytes"] = budget // max(1, settings.max_loaded_models)
     threads = pick("threads")
     if threads is not None:
@@ -108,6 +109,30 @@ def backend_config(
     if settings.threads_batch is not None:
         kwargs["num_threads_batch"] = settings.threads_batch
     return BackendConfig(**kwargs)
+
+
+MIB = 2**20
+# Under --memory-budget the host prompt caches of all models take at most 1/HOST_CACHE_SHARE
+# of it together.
+HOST_CACHE_SHARE = 4
+
+
+def fit_host_caches(settings: ServerSettings, specs: list[ModelSpec]) -> None:
+    """Under --memory-budget, cap each model's host prompt cache (which fills as prompts
+    leave their slots) so that all of them together take at most a quarter of the budget:
+    a 1/K part each, K being --max-loaded-models or else the number of models. A model's
+    part comes out of the share its context is sized from; --cache-ram may ask for less."""
+    budget = settings.memory_budget_bytes
+    if budget is None:
+        return
+    k = settings.max_loaded_models or len(specs)
+    cap_mib = budget // HOST_CACHE_SHARE // max(1, k) // MIB
+    for s in specs:
+        mib = min(s.config.cache_ram_mib, cap_mib)
+        share = s.config.memory_budget_bytes
+        if share is not None:
+            share = max(1, share - mib * MIB)
+        s.config = replace(s.config, cache_ram_mib=mib, memory_budget_bytes=share)
 
 
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})$")
@@ -162,6 +187,7 @@ def model_specs(
         specs += found
     if settings.pulled_models and settings.model is None:  # --model: that model alone
         specs += pulled_specs(settings, specs, progress)
+    fit_host_caches(settings, specs)
     return specs
 
 
