@@ -198,6 +198,19 @@ async def test_aliases_of_one_file_count_its_weights_once():
     assert pool.backend.unloads == [] and pool.loaded_bytes == 5 * GIB
 
 
+async def test_hard_links_of_one_file_count_its_weights_once(tmp_path: Path):
+    import os
+
+    (tmp_path / "one.gguf").write_bytes(b"")
+    os.link(tmp_path / "one.gguf", tmp_path / "two.gguf")
+    est = costs({"one": (3, 0.5), "two": (3, 1.5)})
+    specs = [ModelSpec(n, tmp_path / f"{n}.gguf", BackendConfig()) for n in ("one", "two")]
+    pool = ModelPool(specs, FakeBackend(), memory_budget=5 * GIB, estimator=est)  # type: ignore[arg-type]
+    await use(pool, "one")
+    await use(pool, "two")  # 3 + 0.5 + 1.5 = 5: both stay
+    assert pool.backend.unloads == [] and pool.loaded_bytes == 5 * GIB
+
+
 async def test_a_model_larger_than_the_budget_fails_alone():
     est = costs({"a": (1, 0), "huge": (9, 1)})
     pool = pool_of("a", "huge", memory_budget=8 * GIB, estimator=est)

@@ -33,6 +33,7 @@ from ferrousforge.errors import (
 )
 from ferrousforge.inference.backend import AcceleratorType
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.inference.backends.llama_cpp.shared_model import file_identity
 from ferrousforge.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -296,12 +297,13 @@ class ModelPool:
         return e.cost
 
     def _bytes(self, entries: list[ModelEntry]) -> int:
-        """Their memory, counting the weights of one file once (aliases share them)."""
-        weights: dict[str, int] = {}
+        """Their memory, counting the weights of one file once (aliases and links of it
+        share them)."""
+        weights: dict[object, int] = {}
         other = 0
         for e in entries:
             cost = self._cost(e)
-            weights[str(e.spec.path.resolve())] = cost.weights_bytes
+            weights[file_identity(e.spec.path)] = cost.weights_bytes
             other += cost.other_bytes
         return other + sum(weights.values())
 
