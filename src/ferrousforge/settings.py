@@ -60,7 +60,10 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: str | None = Field(None, description="name clients use in the 'model' field")
-    path: str = Field(description="path to the .gguf file (relative to the config file)")
+    path: str = Field(
+        description="path to the .gguf file (relative to the config file), or a Hugging Face "
+        "REPO[:QUANT] (pulled, or downloaded at startup with --pull)"
+    )
     ctx_size: int | None = Field(None, ge=0)
     kv_unified: bool | None = None
     cache_ram: int | None = Field(None, ge=0, description="host-RAM prompt cache, MiB")
@@ -486,9 +489,13 @@ def read_config(path: Path | str) -> ConfigFile:
     unknown = set(config.server) - set(ServerSettings.model_fields)
     if unknown:
         raise ValueError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
+    from ferrousforge.models.hub import parse_ref
+
     for m in config.models:
         p = Path(m.path).expanduser()
-        m.path = str(p if p.is_absolute() else (path.parent / p))
+        p = p if p.is_absolute() else (path.parent / p)
+        if p.exists() or parse_ref(m.path) is None:  # else a Hugging Face REPO[:QUANT]
+            m.path = str(p)
     return config
 
 

@@ -49,7 +49,8 @@ def resolve_model_path(
     """
     for m in models or []:
         if name is not None and name in (m.alias, m.path):
-            return m.alias or Path(m.path).stem, Path(m.path)
+            mid, path = _config_model_path(m, pull)
+            return m.alias or mid, path
     if name is None:
         return default_model()
     if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
@@ -236,14 +237,15 @@ def _named_specs(
         ]
     specs, seen = [], set()
     for m in models:
-        mid = m.alias or Path(m.path).stem
+        name, path = _config_model_path(m, settings.pull)
+        mid = m.alias or name
         if mid in seen:
             raise ValueError(f"models: alias '{mid}' is declared twice")
         seen.add(mid)
         specs.append(
             ModelSpec(
                 mid,
-                Path(m.path),
+                path,
                 backend_config(settings, m, progress),
                 m.chat_template,
                 m.tool_format,
@@ -251,6 +253,15 @@ def _named_specs(
             )
         )
     return specs
+
+
+def _config_model_path(m: ModelSettings, pull: bool) -> tuple[str, Path]:
+    """(default id, file) of a config file's model: its path's stem, or for a Hugging Face
+    REPO[:QUANT] the name and its file in the cache (downloaded first if ``pull``)."""
+    path = Path(m.path)
+    if not path.exists() and hub.parse_ref(m.path) is not None:
+        return m.path, hub.resolve(m.path, pull_missing=pull).path
+    return path.stem, path
 
 
 def _names(value: str | None) -> list[str]:
