@@ -149,6 +149,34 @@ def test_keep_alive_zero_unloads_after_the_request(server):
         ask(client(server.url), "alpha", keep_alive="5 parsecs")
 
 
+def wait_for_status(url: str, model: str, status: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while statuses(url)[model] != status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert statuses(url)[model] == status
+
+
+def test_keep_alive_on_messages_and_embeddings(server):
+    """The Anthropic and embeddings routes read Ollama's keep_alive too (0: unload after it)."""
+    import anthropic
+    from model_traits import has_chat_template
+
+    if has_chat_template():
+        a = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "Hi"}]
+        a.messages.create(
+            model="gamma", max_tokens=2, messages=messages, extra_body={"keep_alive": 0}
+        )
+        wait_for_status(server.url, "gamma", "unloaded")
+    client(server.url).embeddings.create(model="gamma", input="hi", extra_body={"keep_alive": 0})
+    wait_for_status(server.url, "gamma", "unloaded")
+    r = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"model": "gamma", "input": "hi", "keep_alive": "1 fortnight"},
+    )
+    assert r.status_code == 400 and "keep_alive" in r.text
+
+
 def test_idle_models_leave_memory_after_idle_unload(models_dir: Path):
     args = ["--models-dir", str(models_dir), "--idle-unload", "1"]
     with live_server(*args, "--parallel", "1", "--ctx-size", "512") as s:
