@@ -331,3 +331,19 @@ def test_a_config_file_names_models_by_repo_quant(hub: FakeHub, tmp_path: Path, 
     assert split.config.max_parallel == 1
     (only,) = model_specs(load_settings({"model": "small"}), models)  # --model picks an alias
     assert only.path == small.path
+
+
+def test_list_into_a_closed_pipe_stops_quietly(hub: FakeHub, tmp_path: Path) -> None:
+    """`ferrousforge list | head -1`: no traceback when the reader leaves first."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", "list", "--json"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
