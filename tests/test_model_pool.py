@@ -113,6 +113,26 @@ async def test_concurrent_first_requests_wait_for_one_load():
     assert backend.loads == ["a"]
 
 
+async def test_memory_estimates_are_never_read_on_the_event_loop():
+    """Reading a GGUF header takes a while for a large vocabulary: never on the loop, even
+    for the loaded-bytes gauge scraped while a model loads."""
+    loop_thread = threading.current_thread()
+    on_loop = []
+
+    def estimate(s: ModelSpec) -> MemoryCost:
+        on_loop.append(threading.current_thread() is loop_thread)
+        time.sleep(0.1)  # a header that takes a while to read
+        return MemoryCost(GIB, GIB)
+
+    pool = pool_of("a", backend=FakeBackend(delay=0.3), estimator=estimate)
+    loading = asyncio.create_task(use(pool, "a"))
+    while pool.entries["a"].status is not ModelStatus.LOADING:
+        await asyncio.sleep(0.01)
+    assert pool.loaded_bytes == 2 * GIB  # /metrics during the load
+    await loading
+    assert on_loop == [False]
+
+
 async def test_other_models_keep_serving_while_one_loads():
     backend = FakeBackend(delay=0.3)
     pool = pool_of("a", "b", backend=backend)

@@ -257,8 +257,9 @@ class ModelPool:
     async def _load(self, e: ModelEntry) -> None:
         try:
             async with self._room:
-                if self.memory_budget is not None:  # reading GGUF headers: off the loop
-                    await asyncio.to_thread(self._costs, [e, *self._resident(e)])
+                # The estimates read GGUF headers: off the loop, before a metrics scrape or
+                # the budget asks for them.
+                await asyncio.to_thread(self._costs, [e, *self._resident(e)])
                 await self._make_room(e)
                 e.status, e.error = ModelStatus.LOADING, None
             log.info("loading model '%s' from %s", e.id, e.spec.path)
@@ -280,7 +281,6 @@ class ModelPool:
             self._notify()
 
     def _load_sync(self, e: ModelEntry) -> LoadedModel:
-        self._cost(e)  # for the loaded-bytes gauge, estimated here rather than on the loop
         return self.backend.load_model_sync(e.spec.path, e.spec.config, AcceleratorType.Cpu())
 
     def _costs(self, entries: list[ModelEntry]) -> None:
