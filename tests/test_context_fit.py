@@ -107,17 +107,22 @@ def test_streams_asked_for_are_capped_to_an_equal_share(model_path: Path, caplog
     assert "1024 per sequence x 2 (capped by the budget" in said
 
 
-def test_a_pool_larger_than_the_training_context_caps_each_request_at_it(model_path: Path):
+def test_a_pool_larger_than_the_training_context_caps_each_request_at_it(model_path: Path, caplog):
     n_train = train_ctx(model_path)
     config = BackendConfig(context_size=2 * n_train, max_parallel=2, kv_unified=True)
     if estimate_memory(model_path, config).total_bytes > 2 * GIB:
         pytest.skip("two training contexts of this model take more than 2 GiB")
-    with loaded_model(model_path, max_parallel=2, kv_unified=True, memory_budget_bytes=2 * GIB) as (
-        backend,
-        handle,
+    with (
+        caplog.at_level(logging.WARNING, logger="ferrousforge.llama_cpp"),
+        loaded_model(model_path, max_parallel=2, kv_unified=True, memory_budget_bytes=2 * GIB) as (
+            backend,
+            handle,
+        ),
     ):
         lm = backend.loaded(handle)
         assert (lm.n_ctx, lm.n_ctx_seq) == (2 * n_train, n_train)  # llama.cpp: 2 x n_train
+    # no "possible training context overflow" warning: no request can overflow it
+    assert not [r for r in caplog.records if "n_ctx_seq" in r.getMessage()]
 
 
 def test_an_explicit_context_size_wins(model_path: Path):

@@ -11,6 +11,7 @@ from ferrousforge.errors import ModelLoadError, NativeCallError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import (
+    expected_warnings,
     log_lines_since,
     log_mark,
     native_guard,
@@ -84,8 +85,12 @@ class LlamaContext(NativeHandle):
         p.no_perf = True
         mark = log_mark()
         self._guard = native_guard()
+        # A pool larger than the training context: llama.cpp warns that one sequence could
+        # overflow it, but seq_limit keeps every request within it.
+        capped = ("llama_context: n_ctx_seq",) if choice.seq_limit is not None else ()
         try:
-            ptr = self._guard.init_from_model(model.ptr, p)
+            with expected_warnings(*capped):
+                ptr = self._guard.init_from_model(model.ptr, p)
         except NativeCallError as e:
             raise ModelLoadError(f"{model.path}: {e}") from e
         if not ptr:
