@@ -307,3 +307,43 @@ def test_serve_offers_pulled_models_and_loads_one_on_demand(hub: FakeHub, capsys
         r = c.post("/v1/completions", json={"model": name, "prompt": "Hi", "max_tokens": 2})
         assert r.status_code == 200 and r.json()["model"] == name
         assert {m["id"]: m["status"] for m in c.get("/v1/models").json()["data"]}[name] == "loaded"
+
+
+def test_a_config_file_names_models_by_repo_quant(hub: FakeHub, tmp_path: Path, capsys) -> None:
+    from ferrousforge.settings import read_config
+
+    _pull(f"{REPO}:Q8_0", capsys)
+    config = tmp_path / "models.toml"
+    config.write_text(
+        f'[[models]]\nalias = "small"\npath = "{REPO}:Q8_0"\nctx_size = 512\n\n'
+        f'[[models]]\npath = "{REPO}:Q5_K_M"\nparallel = 1\n'
+    )
+    models = read_config(config).models
+    with pytest.raises(ModelNotPulledError, match="--pull"):  # not pulled, no flag: no download
+        model_specs(load_settings({}), models)
+    small, split = model_specs(load_settings({"pull": True}), models)
+    assert (small.id, small.path.name, small.config.context_size) == (
+        "small",
+        "smollm2-Q8_0.gguf",
+        512,
+    )
+    assert split.id == f"{REPO}:Q5_K_M" and split.path.name.endswith("-00001-of-00002.gguf")
+    assert split.config.max_parallel == 1
+    (only,) = model_specs(load_settings({"model": "small"}), models)  # --model picks an alias
+    assert only.path == small.path
+
+
+def test_list_into_a_closed_pipe_stops_quietly(hub: FakeHub, tmp_path: Path) -> None:
+    """`ferrousforge list | head -1`: no traceback when the reader leaves first."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferrousforge.cli.main", "list", "--json"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

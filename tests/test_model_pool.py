@@ -113,6 +113,26 @@ async def test_concurrent_first_requests_wait_for_one_load():
     assert backend.loads == ["a"]
 
 
+async def test_memory_estimates_are_never_read_on_the_event_loop():
+    """Reading a GGUF header takes a while for a large vocabulary: never on the loop, even
+    for the loaded-bytes gauge scraped while a model loads."""
+    loop_thread = threading.current_thread()
+    on_loop = []
+
+    def estimate(s: ModelSpec) -> MemoryCost:
+        on_loop.append(threading.current_thread() is loop_thread)
+        time.sleep(0.1)  # a header that takes a while to read
+        return MemoryCost(GIB, GIB)
+
+    pool = pool_of("a", backend=FakeBackend(delay=0.3), estimator=estimate)
+    loading = asyncio.create_task(use(pool, "a"))
+    while pool.entries["a"].status is not ModelStatus.LOADING:
+        await asyncio.sleep(0.01)
+    assert pool.loaded_bytes == 2 * GIB  # /metrics during the load
+    await loading
+    assert on_loop == [False]
+
+
 async def test_other_models_keep_serving_while_one_loads():
     backend = FakeBackend(delay=0.3)
     pool = pool_of("a", "b", backend=backend)
@@ -195,6 +215,19 @@ async def test_aliases_of_one_file_count_its_weights_once():
     pool = ModelPool(specs, FakeBackend(), memory_budget=5 * GIB, estimator=est)  # type: ignore[arg-type]
     await use(pool, "small-ctx")
     await use(pool, "big-ctx")  # 3 + 0.5 + 1.5 = 5: both stay
+    assert pool.backend.unloads == [] and pool.loaded_bytes == 5 * GIB
+
+
+async def test_hard_links_of_one_file_count_its_weights_once(tmp_path: Path):
+    import os
+
+    (tmp_path / "one.gguf").write_bytes(b"")
+    os.link(tmp_path / "one.gguf", tmp_path / "two.gguf")
+    est = costs({"one": (3, 0.5), "two": (3, 1.5)})
+    specs = [ModelSpec(n, tmp_path / f"{n}.gguf", BackendConfig()) for n in ("one", "two")]
+    pool = ModelPool(specs, FakeBackend(), memory_budget=5 * GIB, estimator=est)  # type: ignore[arg-type]
+    await use(pool, "one")
+    await use(pool, "two")  # 3 + 0.5 + 1.5 = 5: both stay
     assert pool.backend.unloads == [] and pool.loaded_bytes == 5 * GIB
 
 
@@ -294,3 +327,27 @@ async def test_loads_never_run_concurrently_past_the_limit():
     assert len(pool.loaded) <= 2
     resident = [e for e in pool.entries.values() if e.status is not ModelStatus.UNLOADED]
     assert len(resident) <= 2
+
+
+def test_host_caches_take_a_quarter_of_the_budget_together(tmp_path: Path):
+    from ferrousforge.models.registry import model_specs
+    from ferrousforge.settings import load_settings
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.gguf").write_bytes(b"")
+    mib = 2**20
+
+    def configs(**kw) -> list[BackendConfig]:
+        base = {"models_dir": str(tmp_path), "pulled_models": False, "memory_budget": "3GiB"}
+        return [s.config for s in model_specs(load_settings(base | kw))]
+
+    # three models, no --max-loaded-models: a twelfth of the budget each
+    assert {(c.cache_ram_mib, c.memory_budget_bytes) for c in configs()} == {
+        (256, 3 * GIB - 256 * mib)
+    }
+    # two at a time: an eighth each, out of each one's half
+    assert {(c.cache_ram_mib, c.memory_budget_bytes) for c in configs(max_loaded_models=2)} == {
+        (384, 3 * GIB // 2 - 384 * mib)
+    }
+    assert {c.cache_ram_mib for c in configs(cache_ram=100)} == {100}  # --cache-ram: less
+    assert {c.cache_ram_mib for c in configs(memory_budget=None)} == {8192}  # no budget

@@ -149,6 +149,34 @@ def test_keep_alive_zero_unloads_after_the_request(server):
         ask(client(server.url), "alpha", keep_alive="5 parsecs")
 
 
+def wait_for_status(url: str, model: str, status: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while statuses(url)[model] != status and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert statuses(url)[model] == status
+
+
+def test_keep_alive_on_messages_and_embeddings(server):
+    """The Anthropic and embeddings routes read Ollama's keep_alive too (0: unload after it)."""
+    import anthropic
+    from model_traits import has_chat_template
+
+    if has_chat_template():
+        a = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "Hi"}]
+        a.messages.create(
+            model="gamma", max_tokens=2, messages=messages, extra_body={"keep_alive": 0}
+        )
+        wait_for_status(server.url, "gamma", "unloaded")
+    client(server.url).embeddings.create(model="gamma", input="hi", extra_body={"keep_alive": 0})
+    wait_for_status(server.url, "gamma", "unloaded")
+    r = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"model": "gamma", "input": "hi", "keep_alive": "1 fortnight"},
+    )
+    assert r.status_code == 400 and "keep_alive" in r.text
+
+
 def test_idle_models_leave_memory_after_idle_unload(models_dir: Path):
     args = ["--models-dir", str(models_dir), "--idle-unload", "1"]
     with live_server(*args, "--parallel", "1", "--ctx-size", "512") as s:
@@ -219,3 +247,37 @@ def test_a_memory_budget_keeps_the_loaded_estimate_under_it(copies_dir: Path):
         assert metric(s.url, EVICTED) >= 4  # every load after the second evicted one
         loaded = [m for m, st in statuses(s.url).items() if st == "loaded"]
         assert sorted(loaded) == ["beta", "gamma"]  # the two most recently used
+
+
+def test_a_long_prompt_fits_under_a_memory_budget(copies_dir: Path):
+    """--ctx-size 0 with --memory-budget and --max-loaded-models 2: each model's share holds
+    about 3,072 KV cells (less its host prompt cache); split into 8 slots that would be
+    under 384 per request, pooled it takes a 3,000-token prompt while the other model
+    answers too."""
+    from ferrousforge.inference.backend import BackendConfig
+    from ferrousforge.inference.gguf import read_gguf
+    from ferrousforge.models.memory import estimate_memory
+
+    path = copies_dir / "alpha.gguf"
+    if read_gguf(path).arch_value("context_length") < 3100:
+        pytest.skip("the model was trained on fewer than 3,100 tokens")
+    pooled = BackendConfig(context_size=3072, max_parallel=8, kv_unified=True)
+    # two shares, each 3/4 for the model and 1/4 for its host prompt cache
+    budget = 2 * estimate_memory(path, pooled).total_bytes * 4 // 3 + 2**20
+    args = ["--models-dir", str(copies_dir), "--no-pulled-models", "--memory-budget", str(budget)]
+    with live_server(*args, "--max-loaded-models", "2", "--ctx-size", "0") as s:
+        c = client(s.url)
+        words = "The sea is blue and the sky is wide. " * 400
+        r = httpx.post(s.url + "/tokenize", json={"model": "alpha", "content": words}, timeout=60)
+        ids = r.json()["tokens"][:3000]
+        with ThreadPoolExecutor(2) as pool:
+            other = pool.submit(ask, c, "beta")
+            long = c.completions.create(model="alpha", prompt=ids, max_tokens=4)
+            other.result()
+        assert long.usage.prompt_tokens == 3000 and long.usage.completion_tokens >= 1
+        meta = httpx.get(s.url + "/v1/models/alpha", timeout=10).json()["meta"]
+        assert meta["n_ctx"] >= 3004 and meta["slots"] == 8
+        assert metric(s.url, "models_loaded_bytes") <= budget
+        # the host prompt caches count too: together at most a quarter of the budget
+        cache = metric(s.url, 'host_cache_capacity_bytes{model="alpha"}')
+        assert 0 < cache <= budget / 4 / 2

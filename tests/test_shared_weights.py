@@ -85,6 +85,39 @@ async def test_two_loads_of_one_file_share_the_weights(model_path: Path, frees: 
     assert backend.shared_models.leases() == {}
 
 
+def hard_link(source: Path, folder: Path, name: str) -> Path:
+    """A second name of ``source`` (a copy's first, where the folders' filesystems differ)."""
+    import os
+    import shutil
+
+    try:
+        os.link(source, folder / name)
+    except OSError:
+        shutil.copyfile(source, folder / "copy.gguf")
+        source = folder / "copy.gguf"
+        os.link(source, folder / name)
+    return folder / name
+
+
+async def test_a_hard_link_shares_the_weights_of_its_file(
+    model_path: Path, tmp_path: Path, frees: list[int]
+):
+    """A models folder where one file has two names: one copy of the weights."""
+    other = hard_link(model_path, tmp_path, "other-name.gguf")
+    backend = LlamaCppBackend()
+    a = await backend.load_model(model_path, config(context_size=512, max_parallel=1))
+    rss1 = rss_file_bytes()
+    b = await backend.load_model(other, config(context_size=512, max_parallel=1))
+    rss2 = rss_file_bytes()
+    assert backend.loaded(a).model is backend.loaded(b).model
+    weights = estimate_memory(model_path, config()).weights_bytes
+    assert rss2 - rss1 < weights / 10, "the second name maps the weights again"
+    await backend.unload_model(a)
+    assert frees == []
+    await backend.unload_model(b)
+    assert frees == [1]
+
+
 async def test_concurrent_first_loads_load_once(model_path: Path, frees: list[int]):
     backend = LlamaCppBackend()
     handles = await asyncio.gather(

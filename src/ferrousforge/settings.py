@@ -60,7 +60,10 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: str | None = Field(None, description="name clients use in the 'model' field")
-    path: str = Field(description="path to the .gguf file (relative to the config file)")
+    path: str = Field(
+        description="path to the .gguf file (relative to the config file), or a Hugging Face "
+        "REPO[:QUANT] (pulled, or downloaded at startup with --pull)"
+    )
     ctx_size: int | None = Field(None, ge=0)
     kv_unified: bool | None = None
     cache_ram: int | None = Field(None, ge=0, description="host-RAM prompt cache, MiB")
@@ -161,14 +164,17 @@ class ServerSettings(BaseSettings):
         0,
         ge=0,
         description="total KV cache in tokens, split evenly across the --parallel sequences "
-        "(0: the model's training context per sequence, as far as half the available RAM "
-        "holds it, never below min(model's, 2048); the load log says what was chosen)",
+        "(0: the model's training context per sequence, as far as --memory-budget or half "
+        "the available RAM holds it; if it holds less, one pool of what fits that any "
+        "request may fill up to the training context; the load log says what was chosen)",
         json_schema_extra=flags("-c"),
     )
-    kv_unified: bool = Field(
-        False,
+    kv_unified: bool | None = Field(
+        None,
         description="pool the KV cache so one request may use all of it (slower batched "
-        "decode; output depends on the batch)",
+        "decode; output depends on the batch); --no-kv-unified: one stream per slot always "
+        "(default: streams, unless --ctx-size 0 cannot give every slot the model's training "
+        "context, then one pool of what fits)",
         json_schema_extra=flags("-kvu", negative=("-no-kvu",)),
     )
     batch_size: int = Field(
@@ -559,9 +565,13 @@ def read_config(path: Path | str) -> ConfigFile:
     unknown = set(config.server) - set(ServerSettings.model_fields)
     if unknown:
         raise ValueError(f"{path}: unknown [server] keys: {', '.join(sorted(unknown))}")
+    from ferrousforge.models.hub import parse_ref
+
     for m in config.models:
         p = Path(m.path).expanduser()
-        m.path = str(p if p.is_absolute() else (path.parent / p))
+        p = p if p.is_absolute() else (path.parent / p)
+        if p.exists() or parse_ref(m.path) is None:  # else a Hugging Face REPO[:QUANT]
+            m.path = str(p)
     return config
 
 

@@ -19,9 +19,11 @@ from ferrousforge.api.routes import model_for, state
 from ferrousforge.api.schemas import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
+    KeepAlive,
     Text,
     _Body,
 )
+from ferrousforge.models.units import parse_duration
 
 router = APIRouter()
 
@@ -44,6 +46,7 @@ class EmbeddingRequest(_Body):
     truncate: StrictBool = False
     normalize: StrictBool = True
     embd_normalize: StrictInt | None = Field(None, ge=-1, le=64)
+    keep_alive: KeepAlive = None  # Ollama's, as on the generation routes
 
     def prompts(self) -> list[Prompt]:
         if self.input is not None:
@@ -68,6 +71,7 @@ class RerankRequest(_Body):
     return_documents: StrictBool = False
     return_text: StrictBool = False  # TEI's name for return_documents
     truncate: StrictBool = False
+    keep_alive: KeepAlive = None
 
     def docs(self) -> list[str]:
         if (self.documents is None) == (self.texts is None):
@@ -82,7 +86,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
         return await native_embeddings(body, request)  # as llama-server answers 'content'
     prompts = body.prompts()
     backend = state(request).pool.backend
-    async with model_for(request, body.model) as (mid, lm):
+    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (mid, lm):
         result = await backend.embed(
             lm.handle,
             prompts,
@@ -124,7 +128,7 @@ async def native_embeddings(body: EmbeddingRequest, request: Request) -> list[di
         raise ValueError("normalize: /embedding takes 'embd_normalize': -1 for none")
     prompts = body.prompts()
     backend = state(request).pool.backend
-    async with model_for(request, body.model) as (_, lm):
+    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (_, lm):
         mats, _ = await backend.embed_per_token(
             lm.handle, prompts, norm=body.norm, truncate=body.truncate
         )
@@ -139,7 +143,7 @@ async def rerank(body: RerankRequest, request: Request) -> dict | list[dict]:
     bare list when the request names them ``texts``."""
     docs = body.docs()
     backend = state(request).pool.backend
-    async with model_for(request, body.model) as (mid, lm):
+    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (mid, lm):
         result = await backend.rerank(lm.handle, body.query, docs, truncate=body.truncate)
     scores = [float(v[0]) for v in result.vectors]
     order = sorted(range(len(docs)), key=lambda i: -scores[i])

@@ -196,6 +196,7 @@ def to_chat(body: CountTokensRequest) -> ChatCompletionRequest:
                 "top_p": body.top_p,
                 "top_k": body.top_k,
                 "stream": body.stream,
+                "keep_alive": body.keep_alive,
             }.items()
             if v is not None
         }
@@ -387,7 +388,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     job = await routes.start_job(
         request,
         req.model,
-        None,
+        req.keep_alive_s,
         lambda mid, lm, loop: chat.start(
             req, st.pool.backend, lm, mid, st.settings, st.pool.spec(mid), loop
         ),

@@ -25,6 +25,7 @@ from ferrousforge.api.schemas import (
     MAX_MESSAGES,
     MAX_NAME_CHARS,
     MAX_TOOLS,
+    KeepAlive,
     StopString,
     Text,
     _bounded,
@@ -213,5 +214,6 @@ class MessagesRequest(CountTokensRequest):
     top_p: StrictFloat | None = _bounded("top_p")
     top_k: StrictInt | None = _bounded("top_k")
     stream: StrictBool = False
+    keep_alive: KeepAlive = None  # Ollama's, as on the OpenAI routes
     metadata: dict[str, Any] | None = None
     output_config: OutputConfig | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,7 +21,6 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    field_validator,
     model_validator,
 )
 
@@ -81,6 +81,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+def _duration(value):
+    parse_duration(value)  # a bad duration is a 400 before anything runs
+    return value
+
+
+# Ollama's: how long the model stays loaded once idle ("5m", seconds; 0: unload after this
+# request; negative: keep it loaded). Read with models.units.parse_duration.
+KeepAlive = Annotated[
+    Annotated[StrictInt, Field(ge=-INT32_MAX, le=INT32_MAX)]
+    | Annotated[StrictFloat, Field(ge=-INT32_MAX, le=INT32_MAX)]
+    | Annotated[str, Field(max_length=32)]
+    | None,
+    AfterValidator(_duration),
+]
+
+
 class StreamOptions(_Body):
     include_usage: StrictBool = False
 
@@ -112,14 +128,7 @@ class SamplingFields(_Body):
     min_p: StrictFloat | None = _bounded("min_p")
     typical_p: StrictFloat | None = _bounded("typical_p")
     repeat_penalty: StrictFloat | None = _bounded("repeat_penalty")
-    # Ollama's: how long the model stays loaded once idle ("5m", seconds; 0: unload after
-    # this request; negative: keep it loaded)
-    keep_alive: (
-        Annotated[StrictInt, Field(ge=-INT32_MAX, le=INT32_MAX)]
-        | Annotated[StrictFloat, Field(ge=-INT32_MAX, le=INT32_MAX)]
-        | Annotated[str, Field(max_length=32)]
-        | None
-    ) = None
+    keep_alive: KeepAlive = None
 
     repeat_last_n: StrictInt | None = _bounded("repeat_last_n")
     min_tokens: StrictInt | None = _bounded("min_tokens")
@@ -137,12 +146,6 @@ class SamplingFields(_Body):
     xtc_threshold: StrictFloat | None = _bounded("xtc_threshold")
     # llama-server's name: speculative decoding's draft length for this request (0: off)
     draft_max: StrictInt | None = Field(None, ge=0, le=MAX_DRAFT, alias="speculative.n_max")
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, value):
-        parse_duration(value)  # a bad duration is a 400 before anything runs
-        return value
 
     @property
     def keep_alive_s(self) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ferrousforge import __version__
@@ -68,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         or (args.command in ("run", "chat", "pull") and not sys.stderr.isatty())
     ):
         logging.getLogger("ferrousforge").setLevel(logging.INFO)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader left (`ferrousforge list | head`): stop quietly, as other tools do.
+        # Python would flush stdout again at exit and fail once more: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
 
 
 if __name__ == "__main__":

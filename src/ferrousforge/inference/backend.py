@@ -56,8 +56,10 @@ class BackendConfig:
     context_size / max_parallel); 0 sizes each sequence for the model's training
     context, as far as ``memory_budget_bytes`` allows (None: half the RAM available at
     load time, and never less than min(training context, 2048)).
-    ``kv_unified`` instead pools all cells (one request may use them all), at the
-    cost of slower batched attention and outputs that depend on batch composition.
+    ``kv_unified`` True pools all cells (one request may use them all), at the cost of
+    slower batched attention and outputs that depend on batch composition; False keeps
+    one stream per sequence; None (the default) keeps streams unless ``context_size`` 0
+    cannot give every sequence the training context, and then pools what fits.
     """
 
     num_threads: int = field(default_factory=_default_threads)
@@ -88,7 +90,7 @@ class BackendConfig:
     # Host-RAM prompt cache, MiB (0: off): the KV of prompts that left their slot, restored
     # when a prompt sharing their prefix comes back (llama-server's --cache-ram).
     cache_ram_mib: int = 8192
-    kv_unified: bool = False
+    kv_unified: bool | None = None  # None: chosen at load (see the class docstring)
     # Per-token sampling budget: a request whose sampling (a huge grammar) takes longer
     # for one token is ended with SamplingBudgetError; 0 turns the check off.
     sample_budget_ms: float = 500.0

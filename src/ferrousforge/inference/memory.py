@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ferrousforge.errors import ModelLoadError
@@ -192,11 +192,15 @@ def _pad(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ContextChoice:
-    """The KV cells a context gets, and why (said in the load log)."""
+    """The KV cells a context gets, how they are laid out, and why (said in the load log)."""
 
     n_ctx: int  # cells to ask llama.cpp for (all sequences)
-    per_seq: int  # what each sequence was sized for
+    per_seq: int  # what one sequence may hold
     reason: str
+    unified: bool = False  # one pool for all sequences (else one stream per sequence)
+    # Cap on one sequence below what llama.cpp gives it (a unified pool larger than the
+    # training context: no request should go past what the model was trained on).
+    seq_limit: int | None = None
 
 
 def available_memory_bytes() -> int | None:
@@ -214,23 +218,39 @@ def available_memory_bytes() -> int | None:
         return None
 
 
+def explicit_context(config: BackendConfig) -> ContextChoice | None:
+    """The choice a set ``context_size`` makes (streams unless ``kv_unified``), else None."""
+    n = config.context_size
+    if not n:
+        return None
+    unified = bool(config.kv_unified)
+    return ContextChoice(
+        n, n if unified else max(1, n // config.max_parallel), f"context_size={n} (set)", unified
+    )
+
+
 def choose_context(
     info: GGUFInfo, config: BackendConfig, weights: int, available: int | None = None
 ) -> ContextChoice:
-    """Cells for a context: ``config.context_size`` if set, else per sequence the model's
-    training context, as far as the memory budget allows.
+    """Cells for a context: ``config.context_size`` if set, else the model's training context
+    for every sequence as far as the memory budget allows.
 
     The budget is ``config.memory_budget_bytes``, else DEFAULT_RAM_FRACTION of
     ``available`` (MemAvailable when not given); it must hold this model's weights, KV and
     compute buffers (``estimate_for``). Without an explicit budget a sequence never gets
     less than the old default, min(training context, 2048).
+
+    Layout (``config.kv_unified`` None: chosen here): one KV stream per sequence when every
+    sequence gets the training context (batched decode is fastest so); when the budget
+    holds less, one unified pool of what fits, so that one request may use up to the
+    training context of whatever cells the others leave. ``kv_unified`` False keeps streams
+    (each capped to an equal share), True always pools.
     """
-    shape = ModelShape.from_gguf(info)
-    train = shape.n_ctx_train or DEFAULT_SEQ_CONTEXT
+    explicit = explicit_context(config)
+    if explicit is not None:
+        return explicit
+    train = ModelShape.from_gguf(info).n_ctx_train or DEFAULT_SEQ_CONTEXT
     n_seq = config.max_parallel
-    if config.context_size:
-        n = config.context_size
-        return ContextChoice(n, max(1, n // n_seq), f"context_size={n} (set)")
     floor = min(train, DEFAULT_SEQ_CONTEXT)
     budget = config.memory_budget_bytes
     if budget is not None:
@@ -238,30 +258,75 @@ def choose_context(
     else:
         available = available if available is not None else available_memory_bytes()
         if available is None:
-            return ContextChoice(floor * n_seq, floor, "available memory unknown")
+            unified = bool(config.kv_unified)
+            return ContextChoice(floor * n_seq, floor, "available memory unknown", unified)
         budget = int(available * DEFAULT_RAM_FRACTION)
         source = f"{DEFAULT_RAM_FRACTION:.0%} of {_gib(available)} available RAM"
+    fit = _Fit(info, config, weights, budget, train, f"training context {train}, {source}")
+    if config.kv_unified is not True and fit.total(train * n_seq, False) <= budget:
+        return fit.streams(train, "the training context fits")
+    if config.kv_unified is False or (n_seq == 1 and not config.kv_unified):
+        # streams asked for (or one sequence, where a pool is the same): an equal share each
+        per_seq = fit.largest(False) // n_seq
+        if per_seq < floor:
+            return fit.streams(floor, f"the budget holds less; using the minimum {floor}")
+        return fit.streams(per_seq, "capped by the budget")
+    return fit.pool(floor)
 
-    def fits(per_seq: int) -> bool:
-        return estimate_for(info, config, weights, per_seq * n_seq).total_bytes <= budget
 
-    if fits(train):
-        per_seq, verdict = train, "the training context fits"
-    else:
-        # the largest multiple of 256 that fits (the estimate grows with the cells)
-        lo, hi = 0, train // CELL_PAD
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """choose_context's arithmetic for one model, config and budget."""
+
+    info: GGUFInfo
+    config: BackendConfig
+    weights: int
+    budget: int
+    train: int
+    head: str  # what the reasons start with
+
+    def total(self, cells: int, unified: bool) -> int:
+        layout = replace(self.config, kv_unified=unified)
+        return estimate_for(self.info, layout, self.weights, cells).total_bytes
+
+    def largest(self, unified: bool) -> int:
+        """The most cells up to the training context for every sequence that the budget
+        holds: a multiple of 256 per sequence for streams, of 256 for a pool."""
+        n_seq = self.config.max_parallel
+        step = CELL_PAD * (1 if unified else n_seq)
+        lo, hi = 0, self.train * n_seq // step
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if fits(mid * CELL_PAD) else (lo, mid - 1)
-        per_seq, verdict = lo * CELL_PAD, "capped by the budget"
-        if per_seq < floor:
-            per_seq, verdict = floor, f"the budget holds less; using the minimum {floor}"
-    total = estimate_for(info, config, weights, per_seq * n_seq).total_bytes
-    reason = (
-        f"training context {train}, {source}: {per_seq} per sequence x {n_seq} "
-        f"({verdict}; estimated {_gib(total)} with weights)"
-    )
-    return ContextChoice(per_seq * n_seq, per_seq, reason)
+            lo, hi = (mid, hi) if self.total(mid * step, unified) <= self.budget else (lo, mid - 1)
+        return lo * step
+
+    def streams(self, per_seq: int, verdict: str) -> ContextChoice:
+        n_ctx = per_seq * self.config.max_parallel
+        reason = (
+            f"{self.head}: {per_seq} per sequence x {self.config.max_parallel} ({verdict}; "
+            f"estimated {_gib(self.total(n_ctx, False))} with weights)"
+        )
+        return ContextChoice(n_ctx, per_seq, reason)
+
+    def pool(self, floor: int) -> ContextChoice:
+        """One unified pool of what fits (at least ``floor`` per sequence); a request may
+        hold up to the training context of it."""
+        n_seq = self.config.max_parallel
+        n_ctx = max(self.largest(True), floor * n_seq)
+        per_seq = min(self.train, n_ctx)
+        estimate = self.total(n_ctx, True)
+        if estimate > self.budget:
+            verdict = f"the budget holds less; using the minimum {floor} per sequence"
+        elif n_ctx >= self.train * n_seq:
+            verdict = "the training context fits"
+        else:
+            verdict = "capped by the budget"
+        reason = (
+            f"{self.head}: one unified pool of {n_ctx} cells for {n_seq} sequences, up to "
+            f"{per_seq} per request as far as the others leave room ({verdict}; estimated "
+            f"{_gib(estimate)} with weights)"
+        )
+        return ContextChoice(n_ctx, per_seq, reason, True, per_seq if n_ctx > per_seq else None)
 
 
 def _gib(n: int) -> str:
@@ -348,8 +413,12 @@ def estimate_for(
 ) -> MemoryEstimate:
     """The estimate for a parsed header, its weights' size and (optionally) a cell count."""
     shape = ModelShape.from_gguf(info)
-    cells = n_ctx if n_ctx is not None else choose_context(info, config, weights).n_ctx
-    n_ctx, n_ctx_seq = llama_cells(cells, config.max_parallel, config.kv_unified)
+    if n_ctx is None:
+        choice = choose_context(info, config, weights)
+        n_ctx, config = choice.n_ctx, replace(config, kv_unified=choice.unified)
+    unified = bool(config.kv_unified)
+    config = replace(config, kv_unified=unified)
+    n_ctx, n_ctx_seq = llama_cells(n_ctx, config.max_parallel, unified)
     return MemoryEstimate(
         weights_bytes=weights,
         kv_bytes=kv_bytes(shape, config, n_ctx, n_ctx_seq),

@@ -33,6 +33,7 @@ from ferrousforge.errors import (
 )
 from ferrousforge.inference.backend import AcceleratorType
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
+from ferrousforge.inference.backends.llama_cpp.shared_model import file_identity
 from ferrousforge.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -54,18 +55,20 @@ class MemoryCost:
     """What loading a model takes: weights (shared by models of one file) and the rest."""
 
     weights_bytes: int
-    other_bytes: int  # KV cache, compute buffers, per context
+    other_bytes: int  # KV cache, compute buffers and host prompt cache, per context
 
 
 Estimator = Callable[[ModelSpec], MemoryCost]
 
 
 def estimate_cost(spec: ModelSpec) -> MemoryCost:
-    """The default estimator: GGUF tensor sizes plus the KV and compute the config implies."""
+    """The default estimator: GGUF tensor sizes plus the KV and compute the config implies,
+    plus the host prompt cache at its capacity (it fills as prompts leave their slots)."""
     from ferrousforge.models.memory import estimate_memory
 
     est = estimate_memory(spec.path, spec.config)
-    return MemoryCost(est.weights_bytes, est.total_bytes - est.weights_bytes)
+    host_cache = spec.config.cache_ram_mib * 2**20
+    return MemoryCost(est.weights_bytes, est.total_bytes - est.weights_bytes + host_cache)
 
 
 @dataclass(slots=True, eq=False)
@@ -254,8 +257,9 @@ class ModelPool:
     async def _load(self, e: ModelEntry) -> None:
         try:
             async with self._room:
-                if self.memory_budget is not None:  # reading GGUF headers: off the loop
-                    await asyncio.to_thread(self._costs, [e, *self._resident(e)])
+                # The estimates read GGUF headers: off the loop, before a metrics scrape or
+                # the budget asks for them.
+                await asyncio.to_thread(self._costs, [e, *self._resident(e)])
                 await self._make_room(e)
                 e.status, e.error = ModelStatus.LOADING, None
             log.info("loading model '%s' from %s", e.id, e.spec.path)
@@ -277,7 +281,6 @@ class ModelPool:
             self._notify()
 
     def _load_sync(self, e: ModelEntry) -> LoadedModel:
-        self._cost(e)  # for the loaded-bytes gauge, estimated here rather than on the loop
         return self.backend.load_model_sync(e.spec.path, e.spec.config, AcceleratorType.Cpu())
 
     def _costs(self, entries: list[ModelEntry]) -> None:
@@ -294,12 +297,13 @@ class ModelPool:
         return e.cost
 
     def _bytes(self, entries: list[ModelEntry]) -> int:
-        """Their memory, counting the weights of one file once (aliases share them)."""
-        weights: dict[str, int] = {}
+        """Their memory, counting the weights of one file once (aliases and links of it
+        share them)."""
+        weights: dict[object, int] = {}
         other = 0
         for e in entries:
             cost = self._cost(e)
-            weights[str(e.spec.path.resolve())] = cost.weights_bytes
+            weights[file_identity(e.spec.path)] = cost.weights_bytes
             other += cost.other_bytes
         return other + sum(weights.values())
 

@@ -8,7 +8,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ferrousforge.errors import ModelNotFoundError
@@ -49,7 +49,8 @@ def resolve_model_path(
     """
     for m in models or []:
         if name is not None and name in (m.alias, m.path):
-            return m.alias or Path(m.path).stem, Path(m.path)
+            mid, path = _config_model_path(m, pull)
+            return m.alias or mid, path
     if name is None:
         return default_model()
     if name == DEFAULT_MODEL_ALIAS:  # the alias always names the bundled file
@@ -103,7 +104,8 @@ def backend_config(
     budget = settings.memory_budget_bytes
     if budget is not None:
         # --ctx-size 0 sizes each model's context to fit: with --max-loaded-models N,
-        # to its 1/N share of the budget, so that N of them can be loaded together.
+        # to its 1/N share of the budget, so that N of them can be loaded together
+        # (less its host prompt cache: see fit_host_caches).
         kwargs["memory_budget_bytes"] = budget // max(1, settings.max_loaded_models)
     threads = pick("threads")
     if threads is not None:
@@ -111,6 +113,30 @@ def backend_config(
     if settings.threads_batch is not None:
         kwargs["num_threads_batch"] = settings.threads_batch
     return BackendConfig(**kwargs)
+
+
+MIB = 2**20
+# Under --memory-budget the host prompt caches of all models take at most 1/HOST_CACHE_SHARE
+# of it together.
+HOST_CACHE_SHARE = 4
+
+
+def fit_host_caches(settings: ServerSettings, specs: list[ModelSpec]) -> None:
+    """Under --memory-budget, cap each model's host prompt cache (which fills as prompts
+    leave their slots) so that all of them together take at most a quarter of the budget:
+    a 1/K part each, K being --max-loaded-models or else the number of models. A model's
+    part comes out of the share its context is sized from; --cache-ram may ask for less."""
+    budget = settings.memory_budget_bytes
+    if budget is None:
+        return
+    k = settings.max_loaded_models or len(specs)
+    cap_mib = budget // HOST_CACHE_SHARE // max(1, k) // MIB
+    for s in specs:
+        mib = min(s.config.cache_ram_mib, cap_mib)
+        share = s.config.memory_budget_bytes
+        if share is not None:
+            share = max(1, share - mib * MIB)
+        s.config = replace(s.config, cache_ram_mib=mib, memory_budget_bytes=share)
 
 
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})$")
@@ -165,6 +191,7 @@ def model_specs(
         specs += found
     if settings.pulled_models and settings.model is None:  # --model: that model alone
         specs += pulled_specs(settings, specs, progress)
+    fit_host_caches(settings, specs)
     return specs
 
 
@@ -213,14 +240,15 @@ def _named_specs(
         ]
     specs, seen = [], set()
     for m in models:
-        mid = m.alias or Path(m.path).stem
+        name, path = _config_model_path(m, settings.pull)
+        mid = m.alias or name
         if mid in seen:
             raise ValueError(f"models: alias '{mid}' is declared twice")
         seen.add(mid)
         specs.append(
             ModelSpec(
                 mid,
-                Path(m.path),
+                path,
                 backend_config(settings, m, progress),
                 m.chat_template,
                 m.tool_format,
@@ -228,6 +256,15 @@ def _named_specs(
             )
         )
     return specs
+
+
+def _config_model_path(m: ModelSettings, pull: bool) -> tuple[str, Path]:
+    """(default id, file) of a config file's model: its path's stem, or for a Hugging Face
+    REPO[:QUANT] the name and its file in the cache (downloaded first if ``pull``)."""
+    path = Path(m.path)
+    if not path.exists() and hub.parse_ref(m.path) is not None:
+        return m.path, hub.resolve(m.path, pull_missing=pull).path
+    return path.stem, path
 
 
 def _names(value: str | None) -> list[str]:

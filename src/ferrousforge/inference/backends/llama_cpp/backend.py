@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +51,7 @@ from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
 from ferrousforge.inference.backends.llama_cpp.shared_model import ModelLease, SharedModels
 from ferrousforge.inference.embedding import EmbeddingResult, finish_vectors, fit_inputs
 from ferrousforge.inference.gguf import GGUFInfo, validate_gguf
-from ferrousforge.inference.memory import choose_context, weights_bytes
+from ferrousforge.inference.memory import ContextChoice, choose_context, weights_bytes
 
 if TYPE_CHECKING:
     from ferrousforge.chat.plan import ChatPlan, ChatSpec
@@ -126,13 +126,13 @@ def _no_embedder():
     )
 
 
-def _remote_parts(lib, path: Path, config: BackendConfig, acc: Accelerator, n_ctx: int):
+def _remote_parts(lib, path: Path, config: BackendConfig, acc: Accelerator, choice: ContextChoice):
     """A vocab-only model here, the weights and context in a child process on the workers."""
     if not supports_rpc(lib):
         raise RpcUnavailableError(f"--rpc: {RPC_MISSING}")
     model = LlamaModel(lib, path, config, acc, vocab_only=True)
     try:
-        runner = RemoteRunner(path, config, n_ctx)
+        runner = RemoteRunner(path, config, choice)
     except BaseException:
         model.close()
         raise
@@ -180,12 +180,13 @@ class LlamaCppBackend:
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
         choice = choose_context(gguf, config, weights_bytes(path, gguf))
+        config = replace(config, kv_unified=choice.unified)  # the layout chosen
         if config.rpc_servers:
-            lease, context, runner = _remote_parts(lib, path, config, acc, choice.n_ctx)
+            lease, context, runner = _remote_parts(lib, path, config, acc, choice)
         else:
             lease = self.shared_models.acquire(lib, path, config, acc)
             try:
-                context = LlamaContext(lib, lease.model, config, choice.n_ctx)
+                context = LlamaContext(lib, lease.model, config, choice)
             except BaseException:
                 lease.release()
                 raise

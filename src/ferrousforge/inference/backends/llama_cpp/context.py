@@ -11,23 +11,32 @@ from ferrousforge.errors import ModelLoadError, NativeCallError
 from ferrousforge.inference.backend import AcceleratorType, BackendConfig
 from ferrousforge.inference.backends.llama_cpp.handle import NativeHandle
 from ferrousforge.inference.backends.llama_cpp.library import (
+    expected_warnings,
     log_lines_since,
     log_mark,
     native_guard,
 )
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 from ferrousforge.inference.gguf import read_gguf
-from ferrousforge.inference.memory import KV_TYPE_IDS, SWA_FULL, choose_context, weights_bytes
+from ferrousforge.inference.memory import (
+    KV_TYPE_IDS,
+    SWA_FULL,
+    ContextChoice,
+    choose_context,
+    explicit_context,
+    weights_bytes,
+)
 
 _FLASH = {"auto": -1, "off": 0, "on": 1}
 
 
-def context_size_for(config: BackendConfig, model: LlamaModel) -> int:
-    """Total KV cells: the configured size, or what ``choose_context`` picks for the model."""
-    if config.context_size:
-        return config.context_size
+def context_for(config: BackendConfig, model: LlamaModel) -> ContextChoice:
+    """The cells and layout ``choose_context`` picks for the model under ``config``."""
+    explicit = explicit_context(config)
+    if explicit is not None:  # no need to read the header (slow for a large vocabulary)
+        return explicit
     info = read_gguf(model.path)
-    return choose_context(info, config, weights_bytes(model.path, info)).n_ctx
+    return choose_context(info, config, weights_bytes(model.path, info))
 
 
 class LlamaContext(NativeHandle):
@@ -43,20 +52,21 @@ class LlamaContext(NativeHandle):
         lib: ModuleType,
         model: LlamaModel,
         config: BackendConfig,
-        n_ctx: int | None = None,
+        choice: ContextChoice | None = None,
         *,
         pooling_type: int | None = None,
     ) -> None:
-        """``n_ctx``: the cells to create (default: ``context_size_for``). ``pooling_type``
-        (llama_pooling_type) makes an embeddings context: pooled vectors per sequence
-        instead of logits (see embedder.py)."""
+        """``choice``: the cells and layout to create (default: ``context_for``).
+        ``pooling_type`` (llama_pooling_type) makes an embeddings context: pooled vectors
+        per sequence instead of logits (see embedder.py)."""
         super().__init__(lib)
         self.model = model
+        choice = choice or context_for(config, model)
         p = lib.llama_context_default_params()
         if pooling_type is not None:
             p.embeddings = True
             p.pooling_type = pooling_type
-        p.n_ctx = n_ctx or context_size_for(config, model)
+        p.n_ctx = choice.n_ctx
         p.n_batch = config.batch_size
         p.n_ubatch = min(config.ubatch_size, config.batch_size)
         p.n_seq_max = config.max_parallel
@@ -69,14 +79,18 @@ class LlamaContext(NativeHandle):
         # Separate streams by default: each sequence attends over its own cells only,
         # so batched decode stays fast and a sequence's output does not depend on
         # what else is in the batch (a unified pool places cells by arrival order).
-        p.kv_unified = config.kv_unified
-        self.kv_unified = config.kv_unified
+        p.kv_unified = choice.unified
+        self.kv_unified = choice.unified
         p.offload_kqv = not isinstance(model.accelerator, AcceleratorType.Cpu)
         p.no_perf = True
         mark = log_mark()
         self._guard = native_guard()
+        # A pool larger than the training context: llama.cpp warns that one sequence could
+        # overflow it, but seq_limit keeps every request within it.
+        capped = ("llama_context: n_ctx_seq",) if choice.seq_limit is not None else ()
         try:
-            ptr = self._guard.init_from_model(model.ptr, p)
+            with expected_warnings(*capped):
+                ptr = self._guard.init_from_model(model.ptr, p)
         except NativeCallError as e:
             raise ModelLoadError(f"{model.path}: {e}") from e
         if not ptr:
@@ -89,6 +103,8 @@ class LlamaContext(NativeHandle):
         self._ptr = ptr
         self.n_ctx = lib.llama_n_ctx(ptr)
         self.n_ctx_seq = lib.llama_n_ctx_seq(ptr)  # what one sequence can hold
+        if choice.seq_limit is not None:
+            self.n_ctx_seq = min(self.n_ctx_seq, choice.seq_limit)
         self.n_batch = lib.llama_n_batch(ptr)
         self.n_seq_max = lib.llama_n_seq_max(ptr)
         self.n_vocab = model.vocab.n_tokens

@@ -9,6 +9,7 @@ bindings module resolves every symbol once, at import.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib
 import importlib.util
@@ -16,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -179,6 +181,20 @@ _line_count = [0]
 _partial: list[str] = []
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = [logging.DEBUG]
+_expected = threading.local()  # warnings the calling thread knows to be harmless
+
+
+@contextlib.contextmanager
+def expected_warnings(*prefixes: str) -> Iterator[None]:
+    """Log llama.cpp lines starting with ``prefixes`` at debug level while in the block, on
+    this thread (llama.cpp logs from the thread that calls it): warnings the caller has
+    made harmless, which would only mislead in the log."""
+    before = getattr(_expected, "prefixes", ())
+    _expected.prefixes = before + prefixes
+    try:
+        yield
+    finally:
+        _expected.prefixes = before
 
 
 def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -192,7 +208,8 @@ def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             _partial.clear()
             _line_count[0] += 1
             _recent_lines.append((_line_count[0], line))
-            llama_log.log(_last_level[0], "%s", line)
+            expected = line.startswith(getattr(_expected, "prefixes", ()))
+            llama_log.log(logging.DEBUG if expected else _last_level[0], "%s", line)
     except Exception:  # never let an exception cross into C
         pass
 

@@ -28,6 +28,7 @@ from ferrousforge.engine.runner import ChunkResult, KVOp, ScheduledChunk, StepPl
 from ferrousforge.engine.sequence import SamplingLimits, Sequence
 from ferrousforge.errors import RemoteWorkerError
 from ferrousforge.inference.backend import BackendConfig
+from ferrousforge.inference.memory import ContextChoice
 
 log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 600.0  # sending the weights to the workers
@@ -64,10 +65,10 @@ class ChildInfo:
 class RemoteRunner:
     """The engine's Runner, executed by a child process. Used only from the engine thread."""
 
-    def __init__(self, path: Path, config: BackendConfig, n_ctx: int) -> None:
+    def __init__(self, path: Path, config: BackendConfig, choice: ContextChoice) -> None:
         self.path = path
         self.config = dataclasses.replace(config, progress_callback=None)
-        self.n_ctx_request = n_ctx
+        self.choice = choice  # the KV cells and layout for the child's context
         self._proc: Any = None
         self._conn: Any = None
         self._sent: set[int] = set()  # sequence keys whose options the child has
@@ -108,9 +109,7 @@ class RemoteRunner:
         self._sent.clear()
         self._frees.clear()
         try:
-            info = self._call(
-                ("start", str(self.path), self.config, self.n_ctx_request), LOAD_TIMEOUT_S
-            )
+            info = self._call(("start", str(self.path), self.config, self.choice), LOAD_TIMEOUT_S)
         except BaseException:
             self._kill()
             raise
@@ -255,7 +254,7 @@ class _Count:
 
 
 class _Child:
-    def __init__(self, path: str, config: BackendConfig, n_ctx: int) -> None:
+    def __init__(self, path: str, config: BackendConfig, choice: ContextChoice) -> None:
         from ferrousforge.inference.backend import AcceleratorType
         from ferrousforge.inference.backends.llama_cpp.context import LlamaContext
         from ferrousforge.inference.backends.llama_cpp.library import load_library
@@ -268,7 +267,7 @@ class _Child:
         self.config = config
         devices = rpc_devices(lib, config.rpc_servers)
         self.model = LlamaModel(lib, Path(path), config, AcceleratorType.Cpu(), devices=devices)
-        self.context = LlamaContext(lib, self.model, config, n_ctx)
+        self.context = LlamaContext(lib, self.model, config, choice)
         self.runner = LlamaRunner(self.context)
         self.seqs: dict[int, Sequence] = {}
         self.bad: dict[int, BaseException] = {}  # a sampler that could not be built

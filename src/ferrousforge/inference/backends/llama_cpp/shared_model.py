@@ -2,8 +2,9 @@
 
 Two aliases of one GGUF (say, different context sizes or slot counts) would otherwise
 each map and hold the weights. A ``SharedModels`` table keys each ``LlamaModel`` by the
-resolved file and the parameters that shape the weights (accelerator, GPU layers, split,
-mmap/mlock, library); every load takes a ``ModelLease`` and its context borrows the model.
+file (device and inode: hard links and symlinks of one file are one) and the parameters
+that shape the weights (accelerator, GPU layers, split, mmap/mlock, library); every load
+takes a ``ModelLease`` and its context borrows the model.
 The table owns the model and frees it when the last lease is released.
 """
 
@@ -21,11 +22,22 @@ from ferrousforge.inference.backends.llama_cpp.model import LlamaModel
 log = logging.getLogger(__name__)
 
 
+def file_identity(path: Path) -> tuple[int, int] | Path:
+    """What makes two paths one file: its device and inode (a hard link, a symlink or a
+    second spelling of it gives the same), else its resolved path if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return path.resolve()
+    return st.st_dev, st.st_ino
+
+
 @dataclass(frozen=True, slots=True)
 class ModelKey:
     """What makes two loads share weights: the same file, loaded the same way."""
 
-    path: Path
+    file: tuple[int, int] | Path  # file_identity
+    path: Path = field(compare=False)  # as the first load named it (resolved)
     accelerator: str
     n_gpu_layers: int
     main_gpu: int
@@ -38,6 +50,7 @@ class ModelKey:
     @classmethod
     def of(cls, path: Path, config: BackendConfig, acc: Accelerator) -> ModelKey:
         return cls(
+            file_identity(path),
             path.resolve(),
             repr(acc),
             config.n_gpu_layers,
