@@ -113,6 +113,24 @@ async def test_cls_pooling_differs_from_mean_pooling(bert_files, mean_bert):
     assert np.all(np.einsum("ij,ij->i", cls, over) > 0.9999)
 
 
+async def test_vectors_have_the_declared_output_width(tmp_path):
+    # A model with dense output layers (LFM2-ColBERT: 1024 -> 128) declares a narrower
+    # <arch>.embedding_length_out; llama.cpp's rows have that width, and so must ours.
+    path = write_tiny_bert(tmp_path / "narrow.gguf", embedding_length_out=N_EMBD // 2)
+    backend, handle = await _load(path)
+    try:
+        pooled = await backend.embed(handle, TEXTS)
+    finally:
+        await backend.unload_model(handle)
+    assert pooled.vectors.shape == (len(TEXTS), N_EMBD // 2)
+    backend, handle = await _load(path, pooling="none")
+    try:
+        per_token, counts = await backend.embed_per_token(handle, TEXTS)
+    finally:
+        await backend.unload_model(handle)
+    assert [m.shape for m in per_token] == [(n, N_EMBD // 2) for n in counts]
+
+
 async def test_a_reranker_scores_query_document_pairs(bert_files):
     backend, handle = await _load(bert_files["rank"])
     try:

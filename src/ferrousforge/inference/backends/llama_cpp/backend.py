@@ -454,7 +454,7 @@ class LlamaCppBackend:
         norm: int = 2,
         truncate: bool = False,
     ) -> tuple[list[np.ndarray], list[int]]:
-        """llama-server's /embedding: per input, a (tokens, n_embd) matrix with pooling
+        """llama-server's /embedding: per input, a (tokens, n_embd_out) matrix with pooling
         "none" (not normalised, as llama-server), else one row, the pooled vector scaled by
         ``norm``. Also the token count of each input."""
         lm = self.loaded(handle)
