@@ -77,6 +77,38 @@ async def test_token_ids_dimensions_and_length_limits(backend_and_handle):
         await backend.rerank(handle, "q", ["a", "b"])
 
 
+async def test_each_pooling_setting_pools_the_models_hidden_states(model_path):
+    # A generative model has no pooling of its own: `pooling` picks it. Packed together in
+    # one decode, each input's vector is the mean of its hidden states, its last one, or its
+    # first one, as pooling "none" (a vector per token) shows them.
+    texts = ["The cat sat on the mat.", "Ships", "A much longer sentence about ships at sea."]
+    config = dict(num_threads=2, context_size=256, max_parallel=1, embedding_batch=256)
+
+    async def load(pooling: str):
+        backend = LlamaCppBackend()
+        return backend, await backend.load_model(
+            model_path, BackendConfig(**config, pooling=pooling)
+        )
+
+    backend, handle = await load("none")
+    try:
+        rows, _ = await backend.embed_per_token(handle, texts)
+    finally:
+        await backend.unload_model(handle)
+    pick = {"mean": lambda m: m.mean(0), "last": lambda m: m[-1], "cls": lambda m: m[0]}
+    got = {}
+    for pooling, reduce in pick.items():
+        backend, handle = await load(pooling)
+        try:
+            got[pooling] = (await backend.embed(handle, texts)).vectors
+        finally:
+            await backend.unload_model(handle)
+        for vec, m in zip(got[pooling], rows, strict=True):
+            want = reduce(m.astype(np.float64))
+            assert float(vec @ want) / np.linalg.norm(want) > 0.999, pooling
+    assert float(got["mean"][0] @ got["last"][0]) < 0.99  # the setting is not ignored
+
+
 async def test_generation_still_works_beside_the_embedding_context(backend_and_handle):
     from ferrousforge.api.request import InferenceOptions
     from ferrousforge.inference.backend import BackendInput
@@ -155,6 +187,26 @@ def test_langchain_openai_embeddings(server):
     assert len(docs) == 3 and len(query) == len(docs[0])
     sims = [float(np.dot(query, d)) for d in docs]
     assert max(sims) <= 1.0001
+
+
+def _metric(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_256_inputs_in_one_request_take_a_handful_of_decodes(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    texts = [f"item {i}: a {('red', 'green', 'blue')[i % 3]} ship" for i in range(256)]
+    before = _metric(server, "ferrousforge_embedding_decodes_total")
+    r = c.embeddings.create(input=texts, model=_model(server))
+    decodes = _metric(server, "ferrousforge_embedding_decodes_total") - before
+    assert [d.index for d in r.data] == list(range(256))
+    # ~2300 tokens in 512-token decodes: 5 of them, not 256
+    assert decodes <= r.usage.prompt_tokens // 512 + 1, decodes
+    alone = c.embeddings.create(input=texts[200], model=_model(server)).data[0].embedding
+    assert float(np.dot(alone, r.data[200].embedding)) > 0.999
 
 
 def test_metrics_count_embeddings(server):
