@@ -316,7 +316,24 @@ async def test_http_rerank_sorts_by_relevance_like_the_library(rank_server, bert
     assert [x["document"]["text"] for x in top] == [DOCS[i] for i in best]
 
 
+def test_http_rerank_takes_jina_and_cohere_document_objects(rank_server):
+    as_texts = _post(rank_server, "/v1/rerank", {"query": "a cat", "documents": DOCS}).json()
+    as_objects = _post(
+        rank_server,
+        "/v1/rerank",
+        {"query": "a cat", "documents": [{"text": d} for d in DOCS], "return_documents": True},
+    )
+    assert as_objects.status_code == 200, as_objects.text
+    results = as_objects.json()["results"]
+    assert [x["index"] for x in results] == [x["index"] for x in as_texts["results"]]
+    assert [x["document"] for x in results] == [{"text": DOCS[x["index"]]} for x in results]
+    image = _post(rank_server, "/v1/rerank", {"query": "a cat", "documents": [{"image": "x.png"}]})
+    assert image.status_code == 400, image.text
+    assert image.json()["error"]["param"].startswith("documents")
+    assert "only texts" in image.json()["error"]["message"]
+
+
 def test_http_embeddings_on_a_reranker_is_a_400(rank_server):
     r = _post(rank_server, "/v1/embeddings", {"input": "a cat"})
     assert r.status_code == 400, r.text
-    assert "rerank" in r.json()["error"]["message"]
+    assert "/v1/rerank" in r.json()["error"]["message"]

@@ -434,7 +434,10 @@ class LlamaCppBackend:
         lm = self.loaded(handle)
         pooling = pooling_for(lm.config, lm.model)
         if pooling == "rank":
-            raise ValueError("model: its pooling is 'rank' (a reranker): use rerank()")
+            raise ValueError(
+                "model: its pooling is 'rank' (a reranker): it scores documents against a "
+                "query (POST /v1/rerank, backend.rerank()) and makes no embeddings"
+            )
         if pooling == "none":
             raise ValueError(
                 "model: its pooling is 'none' (a vector per token), which /v1/embeddings "
