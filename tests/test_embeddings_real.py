@@ -9,10 +9,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from live_server import live_server
+from live_server import live_server, write_models_config
 
-from ferrousforge.inference.backend import BackendConfig
+from ferrousforge.inference.backend import BackendConfig, BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
+from ferrousforge.models.memory import estimate_memory
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,49 @@ async def test_generation_still_works_beside_the_embedding_context(backend_and_h
     # greedy and past EOS: the generation context decodes all four tokens
     assert out.usage.completion_tokens == 4
     assert out.text
+
+
+async def test_an_embedding_only_model_embeds_refuses_to_generate_and_takes_less(model_path):
+    both = BackendConfig(num_threads=2, max_parallel=4, context_size=4096, embedding_batch=512)
+    only = BackendConfig(**{**_fields(both), "embedding_only": True})
+    assert (
+        estimate_memory(model_path, only).total_bytes
+        < estimate_memory(model_path, both).total_bytes
+    )
+    backend = LlamaCppBackend()
+    handle = await backend.load_model(model_path, only)
+    try:
+        lm = backend.loaded(handle)
+        assert lm.context.n_ctx < 4096 and lm.context.n_seq_max == 1  # no generation KV to speak of
+        r = await backend.embed(handle, ["The cat sat.", "A dog ran."])
+        assert r.vectors.shape == (2, lm.model.n_embd_out)
+        with pytest.raises(ValueError, match="embedding-only"):
+            await backend.infer(handle, BackendInput.Text("Hello"))
+    finally:
+        await backend.unload_model(handle)
+
+
+def _fields(config: BackendConfig) -> dict:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def test_one_model_of_a_config_file_can_be_embedding_only(model_path, tmp_path):
+    models = [
+        {"alias": "chat", "path": str(model_path)},
+        {"alias": "embed", "path": str(model_path), "embedding": True},
+    ]
+    config = write_models_config(tmp_path / "models.toml", models)
+    with live_server("--config", str(config), "--ctx-size", "1024", "--parallel", "1") as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        for name in ("chat", "embed"):
+            assert len(c.embeddings.create(input="hello", model=name).data[0].embedding) > 0
+        ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert c.chat.completions.create(model="chat", **ask).choices[0].message is not None
+        r = httpx.post(s.url + "/v1/chat/completions", json={"model": "embed", **ask}, timeout=30)
+        assert r.status_code == 501 and "embeddings only" in r.json()["error"]["message"]
+        msg = {"model": "embed", "max_tokens": 2, "messages": ask["messages"]}
+        r = httpx.post(s.url + "/v1/messages", json=msg, timeout=30)
+        assert r.status_code == 501 and r.json()["type"] == "error"  # Anthropic's shape
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,11 @@ class ModelSettings(BaseModel):
     pooling: PoolingName | None = Field(
         None, description="embedding pooling (default: the server's --pooling)"
     )
+    embedding: bool | None = Field(
+        None,
+        description="embedding-only: this model embeds (or ranks with pooling 'rank') and "
+        "never generates (default: the server's --embedding)",
+    )
 
 
 class ServerSettings(BaseSettings):
@@ -259,8 +264,9 @@ class ServerSettings(BaseSettings):
     )
     embedding: bool = Field(
         False,
-        description="embedding-only: generation routes answer 501 (for dedicated embedding "
-        "models; without it a model serves both)",
+        description="embedding-only: generation routes answer 501 and each model's generation "
+        "context shrinks to one small slot (for dedicated embedding models; without it a "
+        "model serves both; per model in the config file: embedding = true)",
         json_schema_extra=flags("--embeddings"),
     )
     reranking: bool = Field(

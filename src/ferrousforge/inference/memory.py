@@ -225,6 +225,7 @@ def choose_context(
     compute buffers (``estimate_for``). Without an explicit budget a sequence never gets
     less than the old default, min(training context, 2048).
     """
+    config = config.generation()  # what the generation context is made from
     shape = ModelShape.from_gguf(info)
     train = shape.n_ctx_train or DEFAULT_SEQ_CONTEXT
     n_seq = config.max_parallel
@@ -347,6 +348,7 @@ def estimate_for(
     info: GGUFInfo, config: BackendConfig, weights: int, n_ctx: int | None = None
 ) -> MemoryEstimate:
     """The estimate for a parsed header, its weights' size and (optionally) a cell count."""
+    config = config.generation()
     shape = ModelShape.from_gguf(info)
     cells = n_ctx if n_ctx is not None else choose_context(info, config, weights).n_ctx
     n_ctx, n_ctx_seq = llama_cells(cells, config.max_parallel, config.kv_unified)

@@ -135,11 +135,12 @@ class LlamaCppBackend:
         lib = load_library(config.library_path)
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
-        choice = choose_context(gguf, config, weights_bytes(path, gguf))
+        gen = config.generation()  # embedding-only: one small slot, never used
+        choice = choose_context(gguf, gen, weights_bytes(path, gguf))
         lease = self.shared_models.acquire(lib, path, config, acc)
         model = lease.model
         try:
-            context = LlamaContext(lib, model, config, choice.n_ctx)
+            context = LlamaContext(lib, model, gen, choice.n_ctx)
         except BaseException:
             lease.release()
             raise
@@ -147,12 +148,12 @@ class LlamaCppBackend:
             engine = Engine(
                 LlamaRunner(context),
                 model.vocab.piece,
-                max_waiting=config.max_waiting,
-                prefix_cache=config.prefix_cache,
-                host_cache_bytes=config.cache_ram_mib * MIB,
+                max_waiting=gen.max_waiting,
+                prefix_cache=gen.prefix_cache,
+                host_cache_bytes=gen.cache_ram_mib * MIB,
                 name=path.stem,
-                sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
-                spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
+                sample_budget_s=gen.sample_budget_ms / 1000 if gen.sample_budget_ms else None,
+                spec=SpecConfig(gen.draft_max, gen.draft_min, gen.draft_max_batch),
                 embedder_factory=lambda: LlamaEmbedder(lib, model, config),
             )
         except BaseException:
@@ -283,6 +284,11 @@ class LlamaCppBackend:
             raise ValueError(
                 f"model: {handle.path.name} is an embedding model (an encoder): it cannot "
                 "generate text; use /v1/embeddings (or /v1/rerank)"
+            )
+        if lm.config.embedding_only:
+            raise ValueError(
+                f"model: {handle.path.name} is loaded embedding-only (embedding_only): it "
+                "makes embeddings (or ranks), not text"
             )
         lm.engine.check_fits(len(prompt_ids), options.max_tokens)
         streams: list[RequestStream] = []
