@@ -229,8 +229,21 @@ def test_langchain_openai_embeddings(server):
     docs = emb.embed_documents(["cats purr", "ships sail", "kittens meow"])
     query = emb.embed_query("a kitten")
     assert len(docs) == 3 and len(query) == len(docs[0])
-    sims = [float(np.dot(query, d)) for d in docs]
-    assert max(sims) <= 1.0001
+    alone = emb.embed_query("ships sail")
+    assert float(np.dot(alone, docs[1])) > 0.999  # the texts were sent, not tiktoken's ids
+    assert np.isclose(np.linalg.norm(query), 1.0, atol=1e-4)
+    # A document longer than one embedding decode: cut by the server when asked.
+    long = "word " * 600
+    with pytest.raises(openai.BadRequestError, match="truncate"):
+        emb.embed_documents([long])
+    cutting = OpenAIEmbeddings(
+        model=_model(server),
+        base_url=server.url + "/v1",
+        api_key="none",
+        check_embedding_ctx_length=False,
+        model_kwargs={"extra_body": {"truncate": True}},
+    )
+    assert len(cutting.embed_documents([long])[0]) == len(query)
 
 
 def _metric(server, name: str) -> float:
