@@ -90,6 +90,13 @@ async def test_inputs_over_the_training_context_need_truncate(mean_bert):
     cut = await backend.embed(handle, [long, "a dog"], truncate=True)
     assert cut.token_counts[0] == N_CTX_TRAIN
     assert np.allclose(np.linalg.norm(cut.vectors, axis=1), 1.0, atol=1e-5)
+    # The text is cut, not the [SEP] the tokenizer appended: [CLS] the cat ... [SEP]
+    ids = backend.embedding_inputs(handle, [long], truncate=True)[0]
+    full = backend.loaded(handle).vocab.tokenize(long, add_special=True, parse_special=False)
+    assert len(full) > N_CTX_TRAIN and full[-1] == SEP
+    assert ids == full[: N_CTX_TRAIN - 1] + [SEP] and ids[0] == CLS
+    as_ids = await backend.embed(handle, [ids])
+    assert float(as_ids.vectors[0] @ cut.vectors[0]) > 0.9999
     with pytest.raises(ValueError, match="cannot rank"):
         await backend.rerank(handle, "cats", ["a", "b"])
 

@@ -95,6 +95,16 @@ class LoadedModel:
         self.lease.release()  # frees the weights if no other load uses them
 
 
+def _appended_specials(vocab, ids: list[int]) -> int:
+    """How many of the last tokens of ``ids`` the tokenizer appends (EOS, [SEP]): kept at
+    the end when an embedding input is cut."""
+    n = 0
+    for flag, tok in ((vocab.add_eos, vocab.eos), (vocab.add_sep, vocab.sep)):
+        if flag and tok >= 0 and len(ids) > n and ids[len(ids) - 1 - n] == tok:
+            n += 1
+    return n
+
+
 def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
     limits = SamplingLimits(
         o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
@@ -408,12 +418,14 @@ class LlamaCppBackend:
         A text gets the model's special tokens, as llama-server adds them; in a mixed list
         of ids and texts only a leading text does (llama-server's tokenize_mixed)."""
         lm = self.loaded(handle)
-        ids = []
+        ids, tails = [], []
         for i, x in enumerate(inputs):
             if isinstance(x, str):
-                ids.append(lm.vocab.tokenize(x, add_special=True, parse_special=False))
+                row = lm.vocab.tokenize(x, add_special=True, parse_special=False)
+                ids.append(row)
+                tails.append(_appended_specials(lm.vocab, row))
                 continue
-            row: list[int] = []
+            row = []
             for j, part in enumerate(x):
                 if isinstance(part, str):
                     row += lm.vocab.tokenize(part, add_special=j == 0, parse_special=False)
@@ -421,7 +433,8 @@ class LlamaCppBackend:
                     row.append(part)
             lm.vocab.check_ids(row, f"input[{i}]")
             ids.append(row)
-        return fit_inputs(ids, input_limit(lm.config, lm.model), truncate)
+            tails.append(0)  # ids as given: cut where they stand
+        return fit_inputs(ids, input_limit(lm.config, lm.model), truncate, tails)
 
     async def embed(
         self,
@@ -515,7 +528,8 @@ class LlamaCppBackend:
 
         def build() -> list[list[int]]:
             pairs = self.rank_inputs(handle, query, documents)
-            return fit_inputs(pairs, input_limit(lm.config, lm.model), truncate)
+            tails = [_appended_specials(lm.vocab, p) for p in pairs]
+            return fit_inputs(pairs, input_limit(lm.config, lm.model), truncate, tails)
 
         ids = await asyncio.to_thread(build)
         vectors = await lm.engine.add_embedding(ids)
