@@ -10,6 +10,7 @@ import numpy as np
 import openai
 import pytest
 from live_server import live_server, write_models_config
+from model_traits import chat_template_for_tests
 
 from ferrousforge.inference.backend import BackendConfig, BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
@@ -155,6 +156,8 @@ def test_one_model_of_a_config_file_can_be_embedding_only(model_path, tmp_path):
         {"alias": "chat", "path": str(model_path)},
         {"alias": "embed", "path": str(model_path), "embedding": True},
     ]
+    if chat_template_for_tests() is not None:  # a model without a template of its own
+        models[0]["chat_template"] = chat_template_for_tests()
     config = write_models_config(tmp_path / "models.toml", models)
     with live_server("--config", str(config), "--ctx-size", "1024", "--parallel", "1") as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
@@ -171,7 +174,11 @@ def test_one_model_of_a_config_file_can_be_embedding_only(model_path, tmp_path):
 
 @pytest.fixture(scope="module")
 def server():
-    with live_server("--parallel", "2", "--ctx-size", "1024", "--embedding-batch", "512") as s:
+    template = chat_template_for_tests()  # for /v1/responses and /v1/messages
+    extra = ["--chat-template", template] if template is not None else []
+    with live_server(
+        "--parallel", "2", "--ctx-size", "1024", "--embedding-batch", "512", *extra
+    ) as s:
         yield s
 
 
@@ -266,9 +273,37 @@ def test_256_inputs_in_one_request_take_a_handful_of_decodes(server):
     assert float(np.dot(alone, r.data[200].embedding)) > 0.999
 
 
-def test_metrics_count_embeddings(server):
+def test_metrics_count_embeddings_responses_and_messages(server):
+    names = [
+        "ferrousforge_embedding_requests_total",
+        "ferrousforge_embedding_inputs_total",
+        "ferrousforge_embedding_decodes_total",
+        "ferrousforge_embedding_latency_seconds_count",
+        "ferrousforge_requests_finished_total",
+        "llamacpp:n_decode_total",
+    ]
+    before = {n: _metric(server, n) if n.startswith("ferrous") else _bare(server, n) for n in names}
     httpx.post(server.url + "/v1/embeddings", json={"input": ["a", "b", "c"]}, timeout=60)
-    text = httpx.get(server.url + "/metrics").text
-    lines = {ln.split("{")[0]: ln for ln in text.splitlines() if ln.startswith("ferrousforge_emb")}
-    assert float(lines["ferrousforge_embedding_inputs_total"].rsplit(" ", 1)[1]) >= 3
-    assert float(lines["ferrousforge_embedding_decodes_total"].rsplit(" ", 1)[1]) >= 1
+    ask = {"max_output_tokens": 2, "input": "hi"}
+    assert httpx.post(server.url + "/v1/responses", json=ask, timeout=60).status_code == 200
+    msg = {
+        "model": _model(server),
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert httpx.post(server.url + "/v1/messages", json=msg, timeout=60).status_code == 200
+    after = {n: _metric(server, n) if n.startswith("ferrous") else _bare(server, n) for n in names}
+    grew = {n: after[n] - before[n] for n in names}
+    assert grew["ferrousforge_embedding_requests_total"] == 1
+    assert grew["ferrousforge_embedding_inputs_total"] == 3
+    assert grew["ferrousforge_embedding_decodes_total"] >= 1
+    assert grew["ferrousforge_embedding_latency_seconds_count"] == 1
+    assert grew["ferrousforge_requests_finished_total"] == 2  # the response and the message
+    assert grew["llamacpp:n_decode_total"] >= 3
+
+
+def _bare(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
