@@ -14,6 +14,7 @@ from model_traits import chat_template_for_tests
 
 from ferrousforge.inference.backend import BackendConfig, BackendInput
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend
+from ferrousforge.inference.gguf import read_gguf
 from ferrousforge.models.memory import estimate_memory
 
 pytestmark = pytest.mark.integration
@@ -127,13 +128,14 @@ async def test_generation_still_works_beside_the_embedding_context(backend_and_h
     assert out.text
 
 
-async def test_an_embedding_only_model_embeds_refuses_to_generate_and_takes_less(model_path):
+async def test_an_embedding_only_model_embeds_and_refuses_to_generate(model_path):
     both = BackendConfig(num_threads=2, max_parallel=4, context_size=4096, embedding_batch=512)
     only = BackendConfig(**{**_fields(both), "embedding_only": True})
-    assert (
-        estimate_memory(model_path, only).total_bytes
-        < estimate_memory(model_path, both).total_bytes
-    )
+    est_only, est_both = estimate_memory(model_path, only), estimate_memory(model_path, both)
+    assert est_only.kv_bytes < est_both.kv_bytes / 10  # one small slot of generation KV
+    # ...and the embedding context it will make, a row of logits per token of a batch
+    n_vocab = read_gguf(model_path).vocab_size
+    assert est_only.embedding_bytes > 512 * 4 * n_vocab and est_both.embedding_bytes == 0
     backend = LlamaCppBackend()
     handle = await backend.load_model(model_path, only)
     try:
