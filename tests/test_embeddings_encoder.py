@@ -90,6 +90,13 @@ async def test_inputs_over_the_training_context_need_truncate(mean_bert):
     cut = await backend.embed(handle, [long, "a dog"], truncate=True)
     assert cut.token_counts[0] == N_CTX_TRAIN
     assert np.allclose(np.linalg.norm(cut.vectors, axis=1), 1.0, atol=1e-5)
+    # The text is cut, not the [SEP] the tokenizer appended: [CLS] the cat ... [SEP]
+    ids = backend.embedding_inputs(handle, [long], truncate=True)[0]
+    full = backend.loaded(handle).vocab.tokenize(long, add_special=True, parse_special=False)
+    assert len(full) > N_CTX_TRAIN and full[-1] == SEP
+    assert ids == full[: N_CTX_TRAIN - 1] + [SEP] and ids[0] == CLS
+    as_ids = await backend.embed(handle, [ids])
+    assert float(as_ids.vectors[0] @ cut.vectors[0]) > 0.9999
     with pytest.raises(ValueError, match="cannot rank"):
         await backend.rerank(handle, "cats", ["a", "b"])
 
@@ -111,6 +118,24 @@ async def test_cls_pooling_differs_from_mean_pooling(bert_files, mean_bert):
     finally:
         await over_backend.unload_model(over_handle)
     assert np.all(np.einsum("ij,ij->i", cls, over) > 0.9999)
+
+
+async def test_vectors_have_the_declared_output_width(tmp_path):
+    # A model with dense output layers (LFM2-ColBERT: 1024 -> 128) declares a narrower
+    # <arch>.embedding_length_out; llama.cpp's rows have that width, and so must ours.
+    path = write_tiny_bert(tmp_path / "narrow.gguf", embedding_length_out=N_EMBD // 2)
+    backend, handle = await _load(path)
+    try:
+        pooled = await backend.embed(handle, TEXTS)
+    finally:
+        await backend.unload_model(handle)
+    assert pooled.vectors.shape == (len(TEXTS), N_EMBD // 2)
+    backend, handle = await _load(path, pooling="none")
+    try:
+        per_token, counts = await backend.embed_per_token(handle, TEXTS)
+    finally:
+        await backend.unload_model(handle)
+    assert [m.shape for m in per_token] == [(n, N_EMBD // 2) for n in counts]
 
 
 async def test_a_reranker_scores_query_document_pairs(bert_files):
@@ -298,7 +323,24 @@ async def test_http_rerank_sorts_by_relevance_like_the_library(rank_server, bert
     assert [x["document"]["text"] for x in top] == [DOCS[i] for i in best]
 
 
+def test_http_rerank_takes_jina_and_cohere_document_objects(rank_server):
+    as_texts = _post(rank_server, "/v1/rerank", {"query": "a cat", "documents": DOCS}).json()
+    as_objects = _post(
+        rank_server,
+        "/v1/rerank",
+        {"query": "a cat", "documents": [{"text": d} for d in DOCS], "return_documents": True},
+    )
+    assert as_objects.status_code == 200, as_objects.text
+    results = as_objects.json()["results"]
+    assert [x["index"] for x in results] == [x["index"] for x in as_texts["results"]]
+    assert [x["document"] for x in results] == [{"text": DOCS[x["index"]]} for x in results]
+    image = _post(rank_server, "/v1/rerank", {"query": "a cat", "documents": [{"image": "x.png"}]})
+    assert image.status_code == 400, image.text
+    assert image.json()["error"]["param"].startswith("documents")
+    assert "only texts" in image.json()["error"]["message"]
+
+
 def test_http_embeddings_on_a_reranker_is_a_400(rank_server):
     r = _post(rank_server, "/v1/embeddings", {"input": "a cat"})
     assert r.status_code == 400, r.text
-    assert "rerank" in r.json()["error"]["message"]
+    assert "/v1/rerank" in r.json()["error"]["message"]

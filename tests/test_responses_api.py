@@ -101,7 +101,7 @@ def test_instructions_and_message_items_reach_the_prompt(
     assert r.instructions == "Answer in French only."
     messages = [
         {"role": "system", "content": "Answer in French only."},
-        {"role": "developer", "content": "Be brief."},
+        {"role": "system", "content": "Be brief."},  # developer: system, as llama.cpp maps it
         {"role": "user", "content": "Hi, there"},
     ]
     count = httpx.post(
@@ -112,6 +112,24 @@ def test_instructions_and_message_items_reach_the_prompt(
         server.url + "/tokenize", json={"model": MODEL, "messages": messages[1:]}
     ).json()["count"]
     assert count != without
+
+
+def test_developer_messages_reach_the_model_as_system_messages(
+    client: openai.OpenAI, server: LiveServer
+) -> None:
+    """Codex-style agents send their instructions as "developer" items; chat templates know
+    no such role (ChatML would print it, others refuse it), so they render as system."""
+    developer = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    system = [{**developer[0], "role": "system"}, developer[1]]
+    r = client.responses.create(**ask(input=developer, max_output_tokens=1))
+    count = httpx.post(server.url + "/tokenize", json={"model": MODEL, "messages": system}).json()[
+        "count"
+    ]
+    assert r.usage.input_tokens == count
+    prompt = httpx.post(
+        server.url + "/apply-template", json={"model": MODEL, "messages": developer}
+    ).json()["prompt"]
+    assert "Be brief." in prompt and "developer" not in prompt
 
 
 def test_max_output_tokens_is_incomplete(client: openai.OpenAI) -> None:

@@ -56,10 +56,17 @@ def vocabulary() -> tuple[list[str], list[int]]:
 
 
 def write_tiny_bert(
-    path: Path | str, *, pooling: str = "mean", rank: bool = False, seed: int = 0
+    path: Path | str,
+    *,
+    pooling: str = "mean",
+    rank: bool = False,
+    seed: int = 0,
+    embedding_length_out: int | None = None,
 ) -> Path:
     """Write a tiny random BERT GGUF (``pooling`` "mean" or "cls"; ``rank``: a reranker,
-    rank pooling over [CLS] with a one-score classification head) and return its path."""
+    rank pooling over [CLS] with a one-score classification head) and return its path.
+    ``embedding_length_out`` declares embeddings narrower than the hidden state, as models
+    with dense output layers do (LFM2-ColBERT)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     tokens, types = vocabulary()
@@ -79,6 +86,8 @@ def write_tiny_bert(
     w.add_name("tiny-bert-rank" if rank else f"tiny-bert-{pooling}")
     w.add_context_length(N_CTX_TRAIN)
     w.add_embedding_length(N_EMBD)
+    if embedding_length_out is not None:
+        w.add_embedding_length_out(embedding_length_out)
     w.add_feed_forward_length(N_FF)
     w.add_block_count(N_LAYER)
     w.add_head_count(N_HEAD)

@@ -86,6 +86,11 @@ class ModelSettings(BaseModel):
     tensor_split: list[float] | None = Field(
         None, description="each rpc worker's share (default: the server's --tensor-split)"
     )
+    embedding: bool | None = Field(
+        None,
+        description="embedding-only: this model embeds (or ranks with pooling 'rank') and "
+        "never generates (default: the server's --embedding)",
+    )
 
     @field_validator("rpc", "tensor_split", mode="before")
     @classmethod
@@ -295,8 +300,9 @@ class ServerSettings(BaseSettings):
     )
     embedding: bool = Field(
         False,
-        description="embedding-only: generation routes answer 501 (for dedicated embedding "
-        "models; without it a model serves both)",
+        description="embedding-only: generation routes answer 501 and each model's generation "
+        "context shrinks to one small slot (for dedicated embedding models; without it a "
+        "model serves both; per model in the config file: embedding = true)",
         json_schema_extra=flags("--embeddings"),
     )
     reranking: bool = Field(

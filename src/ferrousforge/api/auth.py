@@ -46,7 +46,9 @@ class APIKeyMiddleware:
         key = presented_key(scope)
         exc = None
         if key is None:
-            exc = AuthenticationError("missing API key: send 'Authorization: Bearer KEY'")
+            exc = AuthenticationError(
+                "missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
+            )
         elif not any(hmac.compare_digest(key.encode(), k) for k in self.keys):
             exc = AuthenticationError("invalid API key")
         if exc is not None:

@@ -11,7 +11,7 @@ import base64
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import Field, StrictBool, StrictInt
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt
 
 from ferrousforge.api.embedding_inputs import Prompt, parse_prompts
 from ferrousforge.api.openapi import ERROR_RESPONSES
@@ -60,12 +60,27 @@ class EmbeddingRequest(_Body):
         return 2 if self.embd_normalize is None else self.embd_normalize
 
 
+def _document_text(value: Any) -> Any:
+    """Jina's and Cohere's document objects, ``{"text": ...}``, stand for their text."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"text"} and isinstance(value["text"], str):
+        return value["text"]
+    raise ValueError("a document is a text or {'text': ...} (this server ranks only texts)")
+
+
+Document = Annotated[Text, BeforeValidator(_document_text)]
+
+
 class RerankRequest(_Body):
-    """llama-server's and Jina/Cohere's rerank request (``texts`` is TEI's name)."""
+    """llama-server's and Jina/Cohere's rerank request (``texts`` is TEI's name); a document
+    is a string or Jina/Cohere's ``{"text": ...}``."""
 
     model: str | None = Field(None, max_length=MAX_NAME_CHARS)
     query: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-    documents: Annotated[list[Text], Field(min_length=1, max_length=MAX_DOCUMENTS)] | None = None
+    documents: Annotated[list[Document], Field(min_length=1, max_length=MAX_DOCUMENTS)] | None = (
+        None
+    )
     texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_DOCUMENTS)] | None = None
     top_n: StrictInt | None = Field(None, ge=1, le=MAX_DOCUMENTS)
     return_documents: StrictBool = False

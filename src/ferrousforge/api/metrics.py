@@ -63,6 +63,11 @@ _HISTOGRAMS = [
     ("inter_token_latency_seconds", "Time between consecutive tokens", "inter_token"),
     ("request_latency_seconds", "Time from arrival to the end of the request", "request_latency"),
     ("queue_time_seconds", "Time from arrival to a slot (waiting in the queue)", "queue_time"),
+    (
+        "embedding_latency_seconds",
+        "Time from arrival to the last vector of an embedding or rerank request",
+        "embedding_latency",
+    ),
 ]
 
 

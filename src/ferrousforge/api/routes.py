@@ -102,12 +102,13 @@ async def start_job(
     st = state(request)
     if st.load_error:
         raise ModelNotReadyError(st.load_error)
-    if st.settings.embedding or st.settings.reranking:
-        raise NotSupportedError(
-            "this server serves embeddings only; start it without --embedding to generate"
-        )
     mid, lm = await st.pool.acquire(name, keep_alive)
     try:
+        if lm.config.embedding_only:
+            raise NotSupportedError(
+                f"model '{mid}' serves embeddings only (--embedding, or embedding = true in "
+                "the config file): serve it without that to generate"
+            )
         job = await completions.prepare(lambda loop: start(mid, lm, loop))
     except BaseException:
         st.pool.release(mid)  # a job built after a cancel is aborted without a release

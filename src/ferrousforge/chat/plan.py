@@ -112,6 +112,15 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
     return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
 
+def developer_as_system(template: str | None, messages: list[dict[str, Any]]) -> list[dict]:
+    """OpenAI's "developer" role (what the Responses API and Codex-style agents send) as
+    "system", which templates know, as llama.cpp maps it; harmony templates (GPT-OSS, with
+    ``<|channel|>``) have a developer role of their own and keep it."""
+    if template and "<|channel|>" in template:
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+
+
 def plan_chat(
     template: str | None,
     messages: list[dict[str, Any]],
@@ -128,6 +137,7 @@ def plan_chat(
     kwargs = checked_kwargs(spec.template_kwargs)
     choice = spec.tool_choice
     fmt = format_named(spec.tool_format, template)
+    messages = developer_as_system(template, messages)
 
     def render(msgs: list[dict[str, Any]], add_generation: bool) -> str:
         if spec.tools or _uses_tools(msgs):

@@ -11,6 +11,7 @@ generation for more than one batch at a time.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +40,7 @@ class EmbedJob:
     results: list[np.ndarray | None] = field(default_factory=list)
     next: int = 0  # the first input not yet scheduled
     done: int = 0
+    arrival: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.inputs)

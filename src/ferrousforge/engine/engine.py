@@ -348,12 +348,16 @@ class Engine:
             embeddings.fail(self._embeds, batch, e)
             return
         st = self.stats
+        now = time.perf_counter()
+        finished = [job for job, i in batch if i == len(job.inputs) - 1]  # inputs go in order
         with st.lock:
             st.embedding_decodes += 1
-            st.embedding_seconds += time.perf_counter() - t0
+            st.embedding_seconds += now - t0
             st.embedding_inputs += len(inputs)
             st.embedding_tokens += sum(len(x) for x in inputs)
-            st.embedding_requests += sum(1 for job, i in batch if i == len(job.inputs) - 1)
+            st.embedding_requests += len(finished)
+            for job in finished:
+                st.embedding_latency.observe(now - job.arrival)
         embeddings.settle(self._embeds, batch, vectors)
 
     def step(self) -> None:

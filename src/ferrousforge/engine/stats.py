@@ -73,6 +73,8 @@ class EngineStats:
     inter_token: Histogram = field(default_factory=Histogram)
     request_latency: Histogram = field(default_factory=Histogram)
     queue_time: Histogram = field(default_factory=lambda: Histogram(QUEUE_BUCKETS))
+    # Embedding and rerank requests, from arrival to their last vector.
+    embedding_latency: Histogram = field(default_factory=Histogram)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -13,6 +13,9 @@ from ferrousforge.api.request import InferenceOptions
 from ferrousforge.chat.tools import ToolCall
 
 FinishReason = Literal["stop", "length", "tool_calls"]
+
+# The generation context of an embedding-only model: llama.cpp needs one, nothing runs in it.
+EMBEDDING_ONLY_CELLS = 256
 
 
 class AcceleratorType:
@@ -105,10 +108,30 @@ class BackendConfig:
     # embedding decode holds up to embedding_batch tokens (so no input is longer).
     pooling: Literal["mean", "cls", "last", "rank", "none"] | None = None
     embedding_batch: int = 2048
+    # Embedding-only: the model embeds (or ranks) and never generates; generation raises
+    # ValueError, and the generation context shrinks to one small slot (see generation()).
+    embedding_only: bool = False
     progress_callback: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def generation(self) -> BackendConfig:
+        """The settings of the generation context: these, or for an embedding-only model one
+        slot of EMBEDDING_ONLY_CELLS cells with no host cache and no drafts, since nothing is
+        ever generated there (the embedding context is made apart, from embedding_batch)."""
+        if not self.embedding_only:
+            return self
+        small = EMBEDDING_ONLY_CELLS
+        return replace(
+            self,
+            context_size=small,
+            max_parallel=1,
+            batch_size=min(self.batch_size, small),
+            ubatch_size=min(self.ubatch_size, small),
+            cache_ram_mib=0,
+            draft_max=0,
+        )
 
     def validate(self) -> None:
         checks = [

@@ -23,8 +23,15 @@ class EmbeddingResult:
     token_counts: list[int]
 
 
-def fit_inputs(inputs: list[list[int]], max_tokens: int, truncate: bool) -> list[list[int]]:
-    """Every input within ``max_tokens``: cut when ``truncate``, else a ValueError naming it."""
+def fit_inputs(
+    inputs: list[list[int]], max_tokens: int, truncate: bool, tails: list[int] | None = None
+) -> list[list[int]]:
+    """Every input within ``max_tokens``: cut when ``truncate``, else a ValueError naming it.
+
+    ``tails[i]`` tokens at the end of input i are kept when it is cut (the [SEP] or EOS the
+    tokenizer appended: an encoder was trained on inputs that end with it, and Hugging
+    Face's truncation keeps it too); the text before them is what goes.
+    """
     out = []
     for i, ids in enumerate(inputs):
         if not ids:
@@ -35,7 +42,8 @@ def fit_inputs(inputs: list[list[int]], max_tokens: int, truncate: bool) -> list
                     f"input: item {i} has {len(ids)} tokens, more than the {max_tokens} one "
                     "embedding can hold (send 'truncate': true to cut it)"
                 )
-            ids = ids[:max_tokens]
+            tail = min(tails[i] if tails else 0, max_tokens - 1)
+            ids = ids[: max_tokens - tail] + (ids[len(ids) - tail :] if tail else [])
         out.append(ids)
     return out
 

@@ -68,10 +68,13 @@ class MemoryEstimate:
     compute_bytes: int
     n_ctx: int = 0  # KV cells the context will have (all sequences)
     n_ctx_seq: int = 0  # cells one sequence can use
+    # The embedding context, counted for an embedding-only model (which makes it for sure;
+    # any other model makes it on its first embedding request).
+    embedding_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.embedding_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,7 @@ def choose_context(
     training context of whatever cells the others leave. ``kv_unified`` False keeps streams
     (each capped to an equal share), True always pools.
     """
+    config = config.generation()  # what the generation context is made from
     explicit = explicit_context(config)
     if explicit is not None:
         return explicit
@@ -408,23 +412,43 @@ def compute_bytes(shape: ModelShape, config: BackendConfig, n_ctx: int, n_ctx_se
     return peak + shape.n_vocab * config.max_parallel * _F32
 
 
+def embedding_bytes(shape: ModelShape, config: BackendConfig) -> int:
+    """The embedding context (llama_cpp/embedder.py): ``embedding_batch`` cells in one pool,
+    decoded as one micro-batch whose every token is an output, so llama.cpp's output buffer
+    holds a row of logits per token besides the compute buffer's (the output layer runs over
+    every token of an embeddings context): for SmolLM2-135M at 2048, about 0.85 GiB."""
+    n = config.embedding_batch
+    cells = _pad(n)
+    emb = replace(
+        config,
+        context_size=cells,
+        batch_size=n,
+        ubatch_size=n,
+        max_parallel=1,
+        kv_unified=True,
+    )
+    rows = n * _F32 * (shape.n_vocab + shape.n_embd)
+    return kv_bytes(shape, emb, cells, cells) + compute_bytes(shape, emb, cells, cells) + rows
+
+
 def estimate_for(
     info: GGUFInfo, config: BackendConfig, weights: int, n_ctx: int | None = None
 ) -> MemoryEstimate:
     """The estimate for a parsed header, its weights' size and (optionally) a cell count."""
+    gen = config.generation()
     shape = ModelShape.from_gguf(info)
     if n_ctx is None:
-        choice = choose_context(info, config, weights)
-        n_ctx, config = choice.n_ctx, replace(config, kv_unified=choice.unified)
-    unified = bool(config.kv_unified)
-    config = replace(config, kv_unified=unified)
-    n_ctx, n_ctx_seq = llama_cells(n_ctx, config.max_parallel, unified)
+        choice = choose_context(info, gen, weights)
+        n_ctx, gen = choice.n_ctx, replace(gen, kv_unified=choice.unified)
+    gen = replace(gen, kv_unified=bool(gen.kv_unified))
+    n_ctx, n_ctx_seq = llama_cells(n_ctx, gen.max_parallel, gen.kv_unified)
     return MemoryEstimate(
         weights_bytes=weights,
-        kv_bytes=kv_bytes(shape, config, n_ctx, n_ctx_seq),
-        compute_bytes=compute_bytes(shape, config, n_ctx, n_ctx_seq),
+        kv_bytes=kv_bytes(shape, gen, n_ctx, n_ctx_seq),
+        compute_bytes=compute_bytes(shape, gen, n_ctx, n_ctx_seq),
         n_ctx=n_ctx,
         n_ctx_seq=n_ctx_seq,
+        embedding_bytes=embedding_bytes(shape, config) if config.embedding_only else 0,
     )
 
 

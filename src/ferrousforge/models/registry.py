@@ -99,6 +99,7 @@ def backend_config(
         cache_type_k=settings.cache_type_k,
         cache_type_v=settings.cache_type_v,
         embedding_batch=settings.embedding_batch,
+        embedding_only=bool(pick("embedding")) or settings.reranking,
         progress_callback=progress,
     )
     budget = settings.memory_budget_bytes

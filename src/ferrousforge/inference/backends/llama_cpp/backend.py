@@ -139,6 +139,16 @@ def _remote_parts(lib, path: Path, config: BackendConfig, acc: Accelerator, choi
     return VocabLease(model), RemoteContext(runner), runner
 
 
+def _appended_specials(vocab, ids: list[int]) -> int:
+    """How many of the last tokens of ``ids`` the tokenizer appends (EOS, [SEP]): kept at
+    the end when an embedding input is cut."""
+    n = 0
+    for flag, tok in ((vocab.add_eos, vocab.eos), (vocab.add_sep, vocab.sep)):
+        if flag and tok >= 0 and len(ids) > n and ids[len(ids) - 1 - n] == tok:
+            n += 1
+    return n
+
+
 def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
     limits = SamplingLimits(
         o.max_tokens, o.min_tokens, o.ignore_eos, o.logprobs, o.echo_logprobs, list(o.stop)
@@ -179,14 +189,17 @@ class LlamaCppBackend:
         lib = load_library(config.library_path)
         info = library_info()
         gguf = validate_gguf(path, check_architecture=info is not None and info.mode == "bundled")
-        choice = choose_context(gguf, config, weights_bytes(path, gguf))
-        config = replace(config, kv_unified=choice.unified)  # the layout chosen
+        gen = config.generation()  # embedding-only: one small slot, never used
+        choice = choose_context(gguf, gen, weights_bytes(path, gguf))
+        # the layout chosen
+        gen = replace(gen, kv_unified=choice.unified)
+        config = replace(config, kv_unified=choice.unified)
         if config.rpc_servers:
-            lease, context, runner = _remote_parts(lib, path, config, acc, choice)
+            lease, context, runner = _remote_parts(lib, path, gen, acc, choice)
         else:
             lease = self.shared_models.acquire(lib, path, config, acc)
             try:
-                context = LlamaContext(lib, lease.model, config, choice)
+                context = LlamaContext(lib, lease.model, gen, choice)
             except BaseException:
                 lease.release()
                 raise
@@ -196,12 +209,12 @@ class LlamaCppBackend:
             engine = Engine(
                 runner,
                 model.vocab.piece,
-                max_waiting=config.max_waiting,
-                prefix_cache=config.prefix_cache,
-                host_cache_bytes=config.cache_ram_mib * MIB,
+                max_waiting=gen.max_waiting,
+                prefix_cache=gen.prefix_cache,
+                host_cache_bytes=gen.cache_ram_mib * MIB,
                 name=path.stem,
-                sample_budget_s=config.sample_budget_ms / 1000 if config.sample_budget_ms else None,
-                spec=SpecConfig(config.draft_max, config.draft_min, config.draft_max_batch),
+                sample_budget_s=gen.sample_budget_ms / 1000 if gen.sample_budget_ms else None,
+                spec=SpecConfig(gen.draft_max, gen.draft_min, gen.draft_max_batch),
                 embedder_factory=(
                     _no_embedder
                     if config.rpc_servers
@@ -339,6 +352,11 @@ class LlamaCppBackend:
                 f"model: {handle.path.name} is an embedding model (an encoder): it cannot "
                 "generate text; use /v1/embeddings (or /v1/rerank)"
             )
+        if lm.config.embedding_only:
+            raise ValueError(
+                f"model: {handle.path.name} is loaded embedding-only (embedding_only): it "
+                "makes embeddings (or ranks), not text"
+            )
         lm.engine.check_fits(len(prompt_ids), options.max_tokens)
         streams: list[RequestStream] = []
         try:
@@ -449,12 +467,14 @@ class LlamaCppBackend:
         A text gets the model's special tokens, as llama-server adds them; in a mixed list
         of ids and texts only a leading text does (llama-server's tokenize_mixed)."""
         lm = self.loaded(handle)
-        ids = []
+        ids, tails = [], []
         for i, x in enumerate(inputs):
             if isinstance(x, str):
-                ids.append(lm.vocab.tokenize(x, add_special=True, parse_special=False))
+                row = lm.vocab.tokenize(x, add_special=True, parse_special=False)
+                ids.append(row)
+                tails.append(_appended_specials(lm.vocab, row))
                 continue
-            row: list[int] = []
+            row = []
             for j, part in enumerate(x):
                 if isinstance(part, str):
                     row += lm.vocab.tokenize(part, add_special=j == 0, parse_special=False)
@@ -462,7 +482,8 @@ class LlamaCppBackend:
                     row.append(part)
             lm.vocab.check_ids(row, f"input[{i}]")
             ids.append(row)
-        return fit_inputs(ids, input_limit(lm.config, lm.model), truncate)
+            tails.append(0)  # ids as given: cut where they stand
+        return fit_inputs(ids, input_limit(lm.config, lm.model), truncate, tails)
 
     async def embed(
         self,
@@ -481,7 +502,10 @@ class LlamaCppBackend:
         lm = self.loaded(handle)
         pooling = pooling_for(lm.config, lm.model)
         if pooling == "rank":
-            raise ValueError("model: its pooling is 'rank' (a reranker): use rerank()")
+            raise ValueError(
+                "model: its pooling is 'rank' (a reranker): it scores documents against a "
+                "query (POST /v1/rerank, backend.rerank()) and makes no embeddings"
+            )
         if pooling == "none":
             raise ValueError(
                 "model: its pooling is 'none' (a vector per token), which /v1/embeddings "
@@ -501,7 +525,7 @@ class LlamaCppBackend:
         norm: int = 2,
         truncate: bool = False,
     ) -> tuple[list[np.ndarray], list[int]]:
-        """llama-server's /embedding: per input, a (tokens, n_embd) matrix with pooling
+        """llama-server's /embedding: per input, a (tokens, n_embd_out) matrix with pooling
         "none" (not normalised, as llama-server), else one row, the pooled vector scaled by
         ``norm``. Also the token count of each input."""
         lm = self.loaded(handle)
@@ -553,7 +577,8 @@ class LlamaCppBackend:
 
         def build() -> list[list[int]]:
             pairs = self.rank_inputs(handle, query, documents)
-            return fit_inputs(pairs, input_limit(lm.config, lm.model), truncate)
+            tails = [_appended_specials(lm.vocab, p) for p in pairs]
+            return fit_inputs(pairs, input_limit(lm.config, lm.model), truncate, tails)
 
         ids = await asyncio.to_thread(build)
         vectors = await lm.engine.add_embedding(ids)

@@ -77,7 +77,9 @@ class LlamaEmbedder:
             lib.llama_model_has_decoder(model.ptr)
         )
         self.n_out = (
-            max(1, lib.llama_model_n_cls_out(model.ptr)) if self.pooling == "rank" else model.n_embd
+            max(1, lib.llama_model_n_cls_out(model.ptr))
+            if self.pooling == "rank"
+            else model.n_embd_out
         )
         # An input must fit one decode, and positions past the training context mean little.
         self.max_tokens = min(
@@ -98,7 +100,7 @@ class LlamaEmbedder:
 
     def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """One decode of all ``inputs`` (they fit: see engine/embeddings.py): a pooled
-        vector each, or with pooling "none" a (tokens, n_embd) matrix each."""
+        vector each, or with pooling "none" a (tokens, n_embd_out) matrix each."""
         lib, ctx = self._lib, self.context
         b = self._batch
         b.clear()

@@ -85,6 +85,9 @@ class LlamaModel(NativeHandle):
         self.vocab = Vocab(lib, lib.llama_model_get_vocab(ptr))
         self.n_ctx_train = lib.llama_model_n_ctx_train(ptr)
         self.n_embd = lib.llama_model_n_embd(ptr)
+        # The width of an embedding (<arch>.embedding_length_out): a model with dense output
+        # layers (LFM2-ColBERT: 1024 -> 128) returns vectors narrower than its hidden state.
+        self.n_embd_out = lib.llama_model_n_embd_out(ptr)
         self.n_swa = lib.llama_model_n_swa(ptr)  # sliding-window attention size, 0: none
         self.description = self._desc()
         self.chat_template = self.meta("tokenizer.chat_template")
