@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -162,6 +165,27 @@ def _limits(o: InferenceOptions, vocab) -> SamplingLimits:
     return limits
 
 
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None (another libc: nothing to call)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def _close_and_trim(loaded: LoadedModel) -> None:
+    """Close a model, then hand the heap it freed back to the OS: glibc keeps freed memory
+    for reuse, so the process stayed about 100 MiB larger after a few loads and unloads of
+    even a 135M model (its engine, prompt cache and buffers of every size)."""
+    loaded.close()
+    gc.collect()  # reference cycles that still hold the model's Python-side buffers
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class LlamaCppBackend:
     """Runs GGUF models on llama.cpp. Concurrent calls on one model share its decode steps."""
 
@@ -246,7 +270,7 @@ class LlamaCppBackend:
         loaded = self._models.pop(handle.id, None)
         if loaded is None:
             raise ModelNotFoundError(f"model handle {handle.id} is not loaded")
-        await asyncio.to_thread(loaded.close)
+        await asyncio.to_thread(_close_and_trim, loaded)
 
     def loaded(self, handle: ModelHandle) -> LoadedModel:
         try:
