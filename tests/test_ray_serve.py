@@ -167,7 +167,7 @@ def test_auth_and_errors_are_the_plain_servers(ray_server: LiveServer) -> None:
     assert r.headers["www-authenticate"] == "Bearer"
     assert r.json() == {
         "error": {
-            "message": "missing API key: send 'Authorization: Bearer KEY'",
+            "message": "missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
             "type": "authentication_error",
             "param": None,
             "code": "invalid_api_key",
