@@ -32,7 +32,8 @@ class ScriptedSampler:
     """Per-sequence script: optional forced tokens by output index, e.g. {3: EOG}.
 
     At output index ``fail_at`` sampling raises ``error``; at ``exhausted_at`` no token
-    is allowed (a completed grammar); ``sample_s`` is the time each sample reports.
+    is allowed (a completed grammar); ``sample_s`` is the time each sample reports, or at
+    the output indices in ``sample_s_at``.
     """
 
     forced: dict[int, int] = field(default_factory=dict)
@@ -41,6 +42,7 @@ class ScriptedSampler:
     error: BaseException | None = None
     exhausted_at: int | None = None
     sample_s: float = 0.0
+    sample_s_at: dict[int, float] = field(default_factory=dict)
 
     def close(self) -> None:
         assert not self.closed, "sampler freed twice"
@@ -128,7 +130,7 @@ class ScriptedRunner:
         if sampler is None:
             return False
         n_out = len(seq.output_ids) + i
-        res.sample_s = sampler.sample_s
+        res.sample_s = sampler.sample_s_at.get(n_out, sampler.sample_s)
         if sampler.fail_at == n_out:
             res.error = sampler.error or RuntimeError("scripted sampling failure")
         elif sampler.exhausted_at == n_out:

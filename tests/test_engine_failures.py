@@ -60,6 +60,20 @@ async def test_token_over_the_sampling_budget_ends_its_request(make_engine):
     assert results[1][0] == expected_output([7, 8], 8)
 
 
+async def test_one_slow_token_alone_does_not_end_its_request(make_engine):
+    """A busy host can make one token slow; only a run of slow tokens is the grammar's."""
+    engine = make_engine(sample_budget_s=0.5)
+    spikes = ScriptedSampler(sample_s=0.1, sample_s_at={1: 0.9, 4: 0.9})
+    ids, last = await drain(engine.add_request([3, 4], SamplingLimits(max_tokens=8), spikes))
+    assert ids == expected_output([3, 4], 8) and last.finish_reason == "length"
+    two = ScriptedSampler(sample_s=0.1, sample_s_at={2: 0.9, 3: 0.9})
+    ids = []
+    with pytest.raises(SamplingBudgetError, match="2 tokens in a row"):
+        async for out in engine.add_request([5, 6], SamplingLimits(max_tokens=8), two):
+            ids.extend(out.token_ids)
+    assert len(ids) == 4  # ended with the second slow token (output index 3)
+
+
 async def test_no_budget_means_slow_sampling_is_allowed(make_engine):
     engine = make_engine(sample_budget_s=None)
     ids, last = await drain(

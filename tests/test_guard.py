@@ -115,6 +115,54 @@ async def test_every_allowed_token_banned_stops_instead_of_crashing(loaded):
     assert (out.text, out.finish_reason) == ("", "stop")
 
 
+# Grammars whose tokens the model would rarely pick first: most steps are constrained picks.
+ODD_GRAMMARS = [
+    'root ::= "Zebra" [0-9] [0-9] " quux " ("yes" | "no" | "maybe") " {" [a-z]+ "}"',
+    schema_to_gbnf(
+        {
+            "type": "object",
+            "properties": {"colour": {"enum": ["ochre", "teal"]}, "n": {"type": "integer"}},
+            "required": ["colour", "n"],
+        }
+    ),
+]
+
+
+@pytest.mark.parametrize("grammar", ODD_GRAMMARS)
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        dict(temperature=0),
+        dict(temperature=1.0, top_k=40, seed=7),
+        dict(temperature=0.8, top_k=3, seed=3),
+    ],
+)
+async def test_constrained_pick_from_the_best_tokens_equals_the_whole_vocabulary(
+    loaded, monkeypatch, grammar, sampling
+):
+    """The guard constrains the best-scoring tokens before the whole vocabulary when the chain
+    keeps only the best k (greedy, top-k): the output is the same as constraining them all."""
+    from ferrousforge.inference.backends.llama_cpp.sampler import SamplerChain
+
+    backend, h = loaded
+    opts = InferenceOptions(grammar=grammar, max_tokens=24, **sampling)
+
+    async def text() -> str:
+        return (await backend.infer(h, BackendInput.Text("Tell me a story."), opts)).text
+
+    await text()  # the prompt is cached from here on, for both runs alike
+    shortlisted = await text()
+    build = SamplerChain._build
+
+    def whole_vocabulary(self, *args):
+        build(self, *args)
+        assert self.best_k in (0, 1, sampling.get("top_k", 1))
+        self.best_k = 0
+
+    monkeypatch.setattr(SamplerChain, "_build", whole_vocabulary)
+    assert await text() == shortlisted
+
+
 async def test_grammar_over_the_sampling_budget_is_refused_before_the_engine(model_path):
     backend = LlamaCppBackend()
     h = await backend.load_model(model_path, BackendConfig(max_parallel=1, sample_budget_ms=0.001))

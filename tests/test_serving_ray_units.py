@@ -180,10 +180,9 @@ def test_plain_serve_works_without_ray(tmp_path: Path) -> None:
     from tests.live_server import live_server
 
     with live_server("--parallel", "1", env=_without_ray(tmp_path)) as server:
+        # A plain completion: any model serves it, with or without a chat template.
         r = httpx.post(
-            server.url + "/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
-            timeout=60,
+            server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4}, timeout=60
         )
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] >= 1

@@ -241,9 +241,10 @@ class ServerSettings(BaseSettings):
     sample_budget_ms: float = Field(
         500.0,
         ge=0,
-        description="per-token sampling time budget: a request whose sampling (e.g. a huge "
-        "grammar) takes longer for one token is ended with an error, so it cannot stall the "
-        "others; a grammar whose first step alone takes longer is refused (0: no budget)",
+        description="per-token sampling CPU-time budget: a request whose sampling (e.g. a huge "
+        "grammar) takes longer for two tokens in a row is ended with an error, so it cannot "
+        "stall the others; a grammar whose first step alone takes longer is refused (0: no "
+        "budget)",
     )
     draft_max: int = Field(
         16,

@@ -33,6 +33,8 @@ from ferrousforge.errors import EngineOverloadedError, EngineStoppedError, Sampl
 
 log = logging.getLogger(__name__)
 
+SLOW_SAMPLES_TO_END = 2  # tokens in a row over sample_budget_s that end a request
+
 
 @dataclass(slots=True)
 class RequestOutput:
@@ -381,12 +383,17 @@ class Engine:
     def _end_if_unsampled(self, seq: Sequence, res: ChunkResult) -> None:
         """Finish a sequence whose sampling failed, ran over budget, or had nothing left."""
         budget = self.sample_budget_s
-        if res.error is None and budget is not None and res.sample_s > budget:
-            res.error = SamplingBudgetError(
-                f"sampling one token took {res.sample_s * 1000:.0f} ms, over the per-token "
-                f"budget of {budget * 1000:.0f} ms (sample_budget_ms); the request was ended "
-                "so that it does not slow the others (simplify its grammar)"
-            )
+        if res.error is None and budget is not None:
+            # A costly grammar is slow at every token; one slow token alone can be the host
+            # (a busy or stolen CPU), so only a run of them ends the request.
+            seq.slow_samples = seq.slow_samples + 1 if res.sample_s > budget else 0
+            if seq.slow_samples >= SLOW_SAMPLES_TO_END:
+                res.error = SamplingBudgetError(
+                    f"sampling took {res.sample_s * 1000:.0f} ms for the last token, and over "
+                    f"the per-token budget of {budget * 1000:.0f} ms (sample_budget_ms) for "
+                    f"{seq.slow_samples} tokens in a row; the request was ended so that it "
+                    "does not slow the others (simplify its grammar)"
+                )
         if res.error is not None:
             log.warning("request %d failed while sampling: %s", seq.request_id, res.error)
             self._fail(seq, res.error)

@@ -74,6 +74,7 @@ class Sequence:
     output: Any = None  # the output stage's per-sequence state
     spec: SeqSpeculation | None = None  # speculative decoding state, once it drafts
     stop_reason: str | None = None
+    slow_samples: int = 0  # consecutive tokens whose sampling ran over the budget
 
     @property
     def all_ids(self) -> list[int]:

@@ -8,6 +8,7 @@
 
 #include "llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -72,6 +73,46 @@ llama_token pick(llama_sampler * chain, llama_token_data_array & cur_p) {
     return std::isfinite(sel.logit) ? sel.id : -1;
 }
 
+// Tokens tried before the whole vocabulary when the grammar rejects the free pick: first
+// the best few, then the best few thousand (a 262k vocabulary costs tens of milliseconds
+// per grammar pass; a forced token is rarely outside the best 4096).
+constexpr size_t SHORT_FIRST = 64;
+constexpr size_t SHORT_MAX = 4096;
+
+// The constrained pick from the best-scoring tokens alone, when that is exact: the chain
+// keeps only the `keep` highest logits of what the grammar allows (greedy: 1; a chain that
+// starts with top-k: k), so once `keep` allowed tokens are found in descending order, the
+// rest of the vocabulary cannot change the pick. -2 when the best SHORT_MAX did not hold
+// `keep` allowed tokens (then the caller constrains the whole vocabulary). `cur` is
+// reordered; `allowed` is scratch.
+llama_token pick_from_best(llama_sampler * chain, llama_sampler * grammar,
+                           std::vector<llama_token_data> & cur,
+                           std::vector<llama_token_data> & allowed, size_t keep) {
+    const size_t m = std::min(SHORT_MAX, cur.size());
+    // Highest logit first; among equal logits the lower id first, as in the whole-vocabulary
+    // order where greedy takes the first maximum.
+    auto better = [](const llama_token_data & a, const llama_token_data & b) {
+        return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+    };
+    std::nth_element(cur.begin(), cur.begin() + (m - 1), cur.end(), better);
+    std::sort(cur.begin(), cur.begin() + m, better);
+    allowed.clear();
+    for (size_t lo = 0, hi = std::min(SHORT_FIRST, m); lo < m; lo = hi, hi = m) {
+        llama_token_data_array part = {cur.data() + lo, hi - lo, -1, true};
+        llama_sampler_apply(grammar, &part);
+        for (size_t i = lo; i < hi; i++) {
+            if (std::isfinite(cur[i].logit)) {
+                allowed.push_back(cur[i]);
+            }
+        }
+        if (allowed.size() >= keep) {
+            llama_token_data_array best = {allowed.data(), allowed.size(), -1, true};
+            return pick(chain, best);
+        }
+    }
+    return -2;
+}
+
 }  // namespace
 
 extern "C" {
@@ -84,11 +125,16 @@ extern "C" {
 // When no token is allowed (a completed grammar whose end-of-generation is banned,
 // or every allowed token biased to -inf) it returns FF_NO_TOKEN and accepts nothing:
 // accepting a disallowed token would throw, or abort inside llama.cpp.
+//
+// `keep` > 0 says the chain's pick depends only on the `keep` best allowed tokens (see
+// pick_from_best): the constrained pick then tries the best-scoring tokens before the
+// whole vocabulary, with the same result. 0: always the whole vocabulary.
 int32_t ff_sample(llama_sampler * chain, llama_sampler * grammar, llama_context * ctx,
-                  int32_t idx, const int32_t * banned, int32_t n_banned, llama_token * out,
-                  char * err, size_t err_len) {
+                  int32_t idx, const int32_t * banned, int32_t n_banned, int32_t keep,
+                  llama_token * out, char * err, size_t err_len) {
     return guarded(err, err_len, [&]() -> int32_t {
         static thread_local std::vector<llama_token_data> cur;
+        static thread_local std::vector<llama_token_data> allowed;
         const float * logits = llama_get_logits_ith(ctx, idx);
         if (logits == nullptr) {
             set_err(err, err_len, "no logits for this output row");
@@ -107,6 +153,10 @@ int32_t ff_sample(llama_sampler * chain, llama_sampler * grammar, llama_context 
             if (!std::isfinite(one.logit)) {
                 token = -1;  // the grammar rejects the free pick: constrain, then pick again
             }
+        }
+        if (grammar != nullptr && token < 0 && keep > 0 && (size_t) keep <= SHORT_MAX) {
+            fill(cur, logits, n_vocab, banned, n_banned);
+            token = pick_from_best(chain, grammar, cur, allowed, (size_t) keep);
         }
         if (grammar != nullptr && token < 0) {
             fill(cur, logits, n_vocab, banned, n_banned);

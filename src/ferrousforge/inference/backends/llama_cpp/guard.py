@@ -97,7 +97,7 @@ def _build(lib_file: Path, header: Path) -> Path:
 def _declare(shim: ctypes.CDLL) -> None:
     i32, p_i32, err = _c.c_int32, _c.POINTER(_c.c_int32), (_c.c_char_p, _c.c_size_t)
     protos = {
-        "ff_sample": [_P, _P, _P, i32, p_i32, i32, p_i32, *err],
+        "ff_sample": [_P, _P, _P, i32, p_i32, i32, i32, p_i32, *err],
         "ff_grammar_probe": [_P, i32, p_i32, *err],
         "ff_grammar_init": [_P, _c.c_char_p, _c.c_char_p, _c.POINTER(_P), *err],
         "ff_grammar_init_lazy": [_P, _c.c_char_p, _c.c_char_p, _c.c_char_p, _c.POINTER(_P), *err],
@@ -137,9 +137,12 @@ class Guard:
             raise NativeCallError(f"{what}: llama.cpp raised: {err.value.decode(errors='replace')}")
         return rc
 
-    def sample(self, chain, grammar, ctx, row: int, banned: np.ndarray | None) -> int | None:
+    def sample(
+        self, chain, grammar, ctx, row: int, banned: np.ndarray | None, keep: int = 0
+    ) -> int | None:
         """The next token from output row ``row`` (accepted by chain and grammar), or None
-        when no token is allowed (see ff_sample). ``banned`` (int32) get no chance."""
+        when no token is allowed (see ff_sample). ``banned`` (int32) get no chance; ``keep``:
+        how many of the best allowed tokens the chain's pick depends on (0: all of them)."""
         if self._shim is None:
             if banned is not None and len(banned):
                 logits = self._lib.llama_get_logits_ith(ctx, row)
@@ -152,7 +155,7 @@ class Guard:
         n = 0 if banned is None else len(banned)
         ptr = None if not n else banned.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         rc = self._shim.ff_sample(
-            chain, grammar, ctx, row, ptr, n, ctypes.byref(out), err, _ERR_LEN
+            chain, grammar, ctx, row, ptr, n, keep, ctypes.byref(out), err, _ERR_LEN
         )
         return None if self._check(rc, err, "sampling") == FF_NO_TOKEN else out.value
 

@@ -54,6 +54,7 @@ class SamplerChain(NativeHandle):
     ) -> None:
         super().__init__(lib)
         self._keep: list[object] = []  # ctypes arrays the chain points into
+        self.best_k = 0  # see _build
         self._guard = native_guard()
         self.grammar = None  # a separate llama_sampler, freed with the chain
         self._vocab = vocab_ptr
@@ -185,9 +186,15 @@ class SamplerChain(NativeHandle):
                     len(breakers),
                 )
             )
+        # The chain's pick depends only on the `keep` best tokens the grammar allows when
+        # nothing before the selection changes logits: the guard then constrains those
+        # first instead of the whole vocabulary (ff_sample).
+        plain = lib.llama_sampler_chain_n(self._ptr) == 0
         if o.greedy:
+            self.best_k = 1 if plain else 0
             self._add(lib.llama_sampler_init_greedy())
             return
+        self.best_k = o.top_k if plain and o.top_k > 0 and not o.mirostat else 0
         seed = o.seed if o.seed is not None else random.getrandbits(32)
         if o.mirostat == 1:
             self._add(lib.llama_sampler_init_temp(o.temperature))
@@ -218,7 +225,7 @@ class SamplerChain(NativeHandle):
         None when no token is allowed (a completed grammar); NativeCallError if llama.cpp
         threw, after which this sampler must not be used again.
         """
-        token = self._guard.sample(self.ptr, self.grammar, ctx_ptr, row, banned)
+        token = self._guard.sample(self.ptr, self.grammar, ctx_ptr, row, banned, self.best_k)
         if self._lazy is not None and token is not None:
             self._watch(token)
         return token
