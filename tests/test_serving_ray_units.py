@@ -153,6 +153,74 @@ def test_replica_settings_are_validated() -> None:
         load_settings({"replicas": 0})
 
 
+class _FakeEngine:
+    """Stands in for the EngineReplica handle: streams ``batches`` or raises ``error``."""
+
+    def __init__(self, batches: list | None = None, error: BaseException | None = None):
+        self.batches, self.error, self.calls = batches or [], error, 0
+
+    def options(self, **_: object) -> _FakeEngine:
+        return self
+
+    @property
+    def asgi(self) -> _FakeEngine:
+        return self
+
+    def remote(self, scope, body, route):
+        self.calls += 1
+        return self._stream()
+
+    async def _stream(self):
+        if self.error is not None:
+            raise self.error
+        for batch in self.batches:
+            yield batch
+
+
+async def _call_ingress(ingress, method: str, body: bytes = b"") -> list[dict]:
+    sent: list[dict] = []
+    headers = [(b"origin", b"http://localhost:3000"), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "method": method, "path": "/v1/chat/completions",
+             "headers": headers, "query_string": b""}  # fmt: skip
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    await ingress.asgi(scope, receive, send)
+    return sent
+
+
+def _origin_headers(start: dict) -> list[bytes]:
+    return [v for k, v in start["headers"] if k.lower() == b"access-control-allow-origin"]
+
+
+async def test_ingress_answers_of_its_own_carry_cors_headers_once() -> None:
+    """413 (body over the limit), 503 (a replica died) and the preflight come from the
+    ingress itself, not a replica: a browser client must still be allowed to read them."""
+    pytest.importorskip("ray.serve")
+    from ray.exceptions import RayError
+
+    from ferrousforge.serving_ray.deployments import Ingress
+
+    settings = load_settings({"cors_origins": "localhost", "max_body_bytes": 1024})
+    big = await _call_ingress(Ingress(_FakeEngine(), settings), "POST", b"x" * 2000)
+    dead = await _call_ingress(Ingress(_FakeEngine(error=RayError("gone")), settings), "POST")
+    pre = await _call_ingress(Ingress(_FakeEngine(), settings), "OPTIONS")
+    for sent, status in ((big, 413), (dead, 503), (pre, 200)):
+        assert sent[0]["status"] == status
+        assert _origin_headers(sent[0]) == [b"http://localhost:3000"], status
+    # A replica's answer has the headers already (its app has the middleware): not twice.
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"access-control-allow-origin", b"http://localhost:3000")]}  # fmt: skip
+    done = {"type": "http.response.body", "body": b"{}", "more_body": False}
+    ok = await _call_ingress(Ingress(_FakeEngine([[start, done]]), settings), "POST", b"{}")
+    assert ok[0]["status"] == 200 and len(_origin_headers(ok[0])) == 1
+
+
 def _without_ray(tmp_path: Path) -> dict[str, str]:
     """An environment in which `import ray` fails (a sitecustomize blocks it)."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")

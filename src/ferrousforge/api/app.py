@@ -15,7 +15,7 @@ from ferrousforge import __version__
 from ferrousforge.api import cors_proxy, embeddings, input_tokens, native, props, slots
 from ferrousforge.api.auth import OPEN_PATHS, APIKeyMiddleware
 from ferrousforge.api.chat_routes import router as chat_router
-from ferrousforge.api.cors import CORSMiddleware
+from ferrousforge.api.cors import CORSMiddleware, cors_options
 from ferrousforge.api.errors import install_error_handlers
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.messages import router as messages_router
@@ -158,11 +158,5 @@ def create_app(
     if settings.cors_origins:
         if settings.cors_origins == ["*"] and not settings.api_key:
             log.warning("security: no API key is set and CORS allows every origin")
-        app.add_middleware(
-            CORSMiddleware,
-            origins=settings.cors_origins,
-            methods=settings.cors_methods,
-            headers=settings.cors_headers,
-            credentials=settings.cors_credentials,
-        )
+        app.add_middleware(CORSMiddleware, **cors_options(settings))
     return app

@@ -26,6 +26,16 @@ def is_localhost(origin: str) -> bool:
         return False
 
 
+def cors_options(settings) -> dict:
+    """CORSMiddleware's keyword arguments from the server settings (``cors_*``)."""
+    return {
+        "origins": settings.cors_origins,
+        "methods": settings.cors_methods,
+        "headers": settings.cors_headers,
+        "credentials": settings.cors_credentials,
+    }
+
+
 class CORSMiddleware:
     def __init__(
         self,
@@ -73,7 +83,11 @@ class CORSMiddleware:
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start" and extra:
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                headers = message.get("headers", [])
+                # A response forwarded from an app with this middleware of its own (serve
+                # --ray's replicas) already has them.
+                if not any(k.lower() == b"access-control-allow-origin" for k, _ in headers):
+                    message = {**message, "headers": [*headers, *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_cors)

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError, RayError
 from starlette.types import Message, Receive, Scope, Send
 
 from ferrousforge.api.auth import APIKeyMiddleware
+from ferrousforge.api.cors import CORSMiddleware, cors_options
 from ferrousforge.api.errors import error_response, shaped_for
 from ferrousforge.api.limits import BodyLimitMiddleware
 from ferrousforge.api.sse import event
@@ -118,6 +119,9 @@ class Ingress:
         metrics = self._metrics
         if settings.api_key:  # /metrics answered here needs the key as everywhere else
             metrics = APIKeyMiddleware(metrics, keys=settings.api_key)
+        if settings.cors_origins:  # the ingress's own answers (413, 503, preflight) too
+            app = CORSMiddleware(app, **cors_options(settings))
+            metrics = CORSMiddleware(metrics, **cors_options(settings))
         self._app, self._metrics_app = app, metrics
 
     def __serve_build_asgi_app__(self) -> _ASGIEntry:
