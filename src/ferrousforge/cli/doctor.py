@@ -119,6 +119,8 @@ def run_doctor(model: str | None = None) -> int:
         load_library,
         native_guard,
     )
+    from ferrousforge.inference.backends.llama_cpp.model import has_gpu
+    from ferrousforge.inference.backends.llama_cpp.rpc import supports_rpc
 
     print(f"python        {sys.version.split()[0]} ({platform.machine()})")
     print(f"cpu features  {' '.join(cpu_features()) or 'unknown'}")
@@ -129,7 +131,9 @@ def run_doctor(model: str | None = None) -> int:
         print(f"library mode  {info.mode}")
         print(f"library path  {info.path}")
         print(f"system info   {lib.llama_print_system_info().decode().strip()}")
-        print(f"gpu offload   {'yes' if lib.llama_supports_gpu_offload() else 'no'}")
+        print(f"gpu offload   {'yes' if has_gpu(lib) else 'no'}")
+        # llama_supports_gpu_offload is true for a build with the RPC backend alone.
+        print(f"rpc backend   {'yes' if supports_rpc(lib) else 'no'} (ferrousforge rpc-worker)")
         ok = _report_cxx_runtime(info.path) and ok
         guard = native_guard().status
         if guard.active:
