@@ -151,6 +151,9 @@ def test_replica_settings_are_validated() -> None:
         load_settings({"replicas": 5, "max_replicas": 2})
     with pytest.raises(ValidationError):
         load_settings({"replicas": 0})
+    with pytest.raises(ValidationError, match="one --host"):
+        load_settings({"ray": True, "host": "127.0.0.1,10.0.0.5"})
+    assert load_settings({"host": "127.0.0.1,10.0.0.5"}).hosts == ["127.0.0.1", "10.0.0.5"]
 
 
 class _FakeEngine:

@@ -501,6 +501,8 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> ServerSettings:
+        if self.ray and len(self.hosts) > 1:  # Ray Serve's proxy binds one address
+            raise ValueError("host: serve --ray listens on one address; give one --host")
         lo, hi = self.min_replicas, self.max_replicas
         if lo is None and hi is None:
             return self
