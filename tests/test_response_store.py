@@ -6,7 +6,7 @@ from ferrousforge.api.response_store import ResponseStore
 
 
 def item(text: str) -> dict:
-    return {"type": "message", "role": "user", "content": text}
+    return {"id": f"msg_{text}", "type": "message", "role": "user", "content": text}
 
 
 def test_keeps_at_most_capacity_dropping_the_least_recently_used() -> None:
@@ -29,3 +29,28 @@ def test_a_caller_changing_its_list_does_not_change_the_stored_conversation() ->
     assert got == [item("a")]
     got.append(item("c"))
     assert store.get("a") == [item("a")]
+
+
+def test_the_response_object_and_input_items_are_kept_until_deleted() -> None:
+    store = ResponseStore()
+    out = {"id": "msg_out", "type": "message", "role": "assistant", "content": []}
+    store.put("r", [item("a"), item("b")], [out], {"id": "r", "object": "response"})
+    assert store.response("r") == {"id": "r", "object": "response"}
+    assert store.input_items("r") == [item("a"), item("b")]
+    assert store.get("r") == [item("a"), item("b"), out]  # what a follow-up continues
+    assert store.delete("r") is True
+    assert store.response("r") is None and store.get("r") is None
+    assert store.delete("r") is False
+
+
+def test_input_items_without_an_id_get_one_by_type() -> None:
+    store = ResponseStore()
+    sent = [
+        {"type": "message", "role": "user", "content": "hi"},
+        {"type": "function_call_output", "call_id": "c", "output": "1"},
+    ]
+    store.put("r", sent)
+    got = store.input_items("r")
+    assert [i["id"].split("_")[0] for i in got] == ["msg", "fco"]
+    assert [{k: v for k, v in i.items() if k != "id"} for i in got] == sent
+    assert store.input_items("r") == got  # the same ids each time

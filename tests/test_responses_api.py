@@ -255,6 +255,43 @@ def test_store_false_is_not_kept(client: openai.OpenAI) -> None:
         client.responses.create(**ask(input="Again", previous_response_id=r.id))
 
 
+def test_stored_response_is_retrieved_listed_and_deleted(client: openai.OpenAI) -> None:
+    """The SDK's retrieve, input_items.list (paged) and delete on a stored response."""
+    first = client.responses.create(**ask(input="Hello there", max_output_tokens=4))
+    follow = [{"role": "user", "content": f"Question {i}"} for i in range(3)]
+    second = client.responses.create(
+        **ask(input=follow, previous_response_id=first.id, max_output_tokens=4)
+    )
+    got = client.responses.retrieve(second.id)
+    assert got.model_dump() == second.model_dump()
+    # Newest first by default: this turn's three questions, then the first turn's output
+    # and its input; two items a page, the SDK follows the cursor.
+    items = list(client.responses.input_items.list(second.id, limit=2))
+    assert [i.content[0].text for i in items[:3]] == ["Question 2", "Question 1", "Question 0"]
+    assert items[3].role == "assistant" and items[4].content[0].text == "Hello there"
+    assert len(items) == 5 and len({i.id for i in items}) == 5
+    oldest = client.responses.input_items.list(second.id, order="asc", limit=1)
+    assert oldest.data[0].id == items[-1].id and oldest.has_more
+    client.responses.delete(second.id)
+    for call in (client.responses.retrieve, client.responses.delete):
+        with pytest.raises(openai.NotFoundError) as e:
+            call(second.id)
+        assert e.value.body["code"] == "response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(**ask(input="More", previous_response_id=second.id))
+    client.responses.retrieve(first.id)  # the earlier turn is its own entry
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.input_items.list(first.id, after="msg_missing")
+    assert e.value.body["param"] == "after"
+
+
+def test_streamed_response_is_stored_as_it_ended(client: openai.OpenAI) -> None:
+    stream = client.responses.create(**ask(input="Hi", max_output_tokens=4), stream=True)
+    ends = ("response.completed", "response.incomplete")
+    [final] = [e.response for e in stream if e.type in ends]
+    assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
 def test_json_schema_format(client: openai.OpenAI) -> None:
     fmt = {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}
     r = client.responses.create(

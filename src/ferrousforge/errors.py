@@ -31,6 +31,10 @@ class ResponseNotFoundError(FerrousForgeError):
     """A request's ``previous_response_id`` names no response this server still holds."""
 
 
+class StoredResponseNotFoundError(ResponseNotFoundError):
+    """``GET`` or ``DELETE /v1/responses/{id}`` names no response this server still holds."""
+
+
 class ChatTemplateError(FerrousForgeError):
     """The model has no chat template (and none was given) or it failed to render."""
 

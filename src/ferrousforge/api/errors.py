@@ -28,6 +28,7 @@ from ferrousforge.errors import (
     ResponseNotFoundError,
     SamplingBudgetError,
     SlotBusyError,
+    StoredResponseNotFoundError,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 ERROR_MAP: list[tuple[type[BaseException], int, str, str | None]] = [
     (AuthenticationError, 401, "authentication_error", "invalid_api_key"),  # llama-server's type
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (StoredResponseNotFoundError, 404, "invalid_request_error", "response_not_found"),
     (ResponseNotFoundError, 404, "invalid_request_error", "previous_response_not_found"),
     (ContextOverflowError, 400, "invalid_request_error", "context_length_exceeded"),
     (RequestTooLargeError, 413, "invalid_request_error", "request_too_large"),

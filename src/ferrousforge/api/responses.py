@@ -1,20 +1,22 @@
-"""POST /v1/responses: OpenAI's Responses API, converted onto the chat completions path.
+"""/v1/responses: OpenAI's Responses API, converted onto the chat completions path.
 
 The input items (and those of ``previous_response_id``'s conversation) become chat messages,
 function tools become chat tools, ``text.format`` becomes ``response_format``; the chat job's
 parsed output (content, reasoning, calls) is written back as Responses output items.
+Stored responses (``store``, the default) can be read back, listed by input item, and
+deleted while the server runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ferrousforge.api import chat, routes
-from ferrousforge.api.openapi import streaming
+from ferrousforge.api.openapi import ERROR_RESPONSES, streaming
 from ferrousforge.api.response_store import Item, ResponseStore
 from ferrousforge.api.responses_output import Turn, respond
 from ferrousforge.api.responses_schema import (
@@ -23,7 +25,7 @@ from ferrousforge.api.responses_schema import (
     ResponsesRequest,
 )
 from ferrousforge.api.schemas import ChatCompletionRequest, SamplingFields
-from ferrousforge.errors import ResponseNotFoundError
+from ferrousforge.errors import ResponseNotFoundError, StoredResponseNotFoundError
 
 router = APIRouter()
 
@@ -60,6 +62,73 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     )
     turn = Turn(body, items, job, store_of(request) if body.store else None)
     return await routes.respond_job(job, respond(turn, request), body.stream)
+
+
+def _unknown(response_id: str) -> StoredResponseNotFoundError:
+    return StoredResponseNotFoundError(
+        f"no response '{response_id}' is stored (responses are kept in memory while the "
+        "server runs, the most recent ones, and only those created with store: true)"
+    )
+
+
+@router.get("/v1/responses/{response_id}", responses=ERROR_RESPONSES)
+async def get_response(response_id: str, request: Request) -> JSONResponse:
+    """A stored response, as it was returned when it completed."""
+    response = store_of(request).response(response_id)
+    if response is None:
+        raise _unknown(response_id)
+    return JSONResponse(response)
+
+
+@router.delete("/v1/responses/{response_id}", responses=ERROR_RESPONSES)
+async def delete_response(response_id: str, request: Request) -> JSONResponse:
+    """Forget a stored response: it can no longer be read or continued."""
+    if not store_of(request).delete(response_id):
+        raise _unknown(response_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.get("/v1/responses/{response_id}/input_items", responses=ERROR_RESPONSES)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> JSONResponse:
+    """The items a stored response answered (earlier turns' included), a page at a time, as
+    OpenAI's list: newest first unless ``order=asc``, ``after`` an item id."""
+    if any(k.startswith("include") for k in request.query_params):
+        raise ValueError("include: extra data on input items is not supported")
+    items = store_of(request).input_items(response_id)
+    if items is None:
+        raise _unknown(response_id)
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [i["id"] for i in items]
+        if after not in ids:
+            raise ValueError(f"after: no input item '{after}' in response '{response_id}'")
+        items = items[ids.index(after) + 1 :]
+    page = [_listed(i) for i in items[:limit]]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+def _listed(item: Item) -> Item:
+    """An input item as OpenAI lists it: a message's text as a list of content parts."""
+    content = item.get("content")
+    if item.get("type", "message") != "message" or not isinstance(content, str):
+        return item
+    part = "output_text" if item.get("role") == "assistant" else "input_text"
+    return {**item, "type": "message", "content": [{"type": part, "text": content}]}
 
 
 def conversation(body: ResponsesRequest, store: ResponseStore) -> list[Item]:

@@ -94,10 +94,11 @@ class Turn:
             "total_tokens": input_tokens + output_tokens,
         }
 
-    def remember(self, output: list[Item]) -> None:
-        """Keep the conversation for a later ``previous_response_id`` (unless store false)."""
+    def remember(self, output: list[Item], response: dict[str, Any]) -> None:
+        """Keep the conversation for a later ``previous_response_id``, and the Response for
+        ``GET /v1/responses/{id}`` (unless store false)."""
         if self.store is not None:
-            self.store.put(self.id, self.items + output)
+            self.store.put(self.id, self.items, output, response)
 
 
 def _status(finish_reason: str | None) -> str:
@@ -161,9 +162,10 @@ async def respond(turn: Turn, request: Request) -> Response:
     msg = job.chat.parse(text) if job.chat else ParsedMessage(text, None, [])
     status = _status(final.finish_reason)
     output = output_items(msg, status)
-    turn.remember(output)
     usage = turn.usage(final.completion_tokens, final.cached_tokens)
-    return JSONResponse(turn.response(status, output, usage))
+    response = turn.response(status, output, usage)
+    turn.remember(output, response)
+    return JSONResponse(response)
 
 
 class _EventWriter:
@@ -298,10 +300,11 @@ async def _events(turn: Turn) -> AsyncIterator[bytes]:
                     yield chunk
             for chunk in w.close(status):
                 yield chunk
-            turn.remember(w.output)
             usage = turn.usage(out.completion_tokens, out.cached_tokens)
+            response = turn.response(status, w.output, usage)
+            turn.remember(w.output, response)
             done = "response.completed" if status == "completed" else "response.incomplete"
-            yield w.emit(done, response=turn.response(status, w.output, usage))
+            yield w.emit(done, response=response)
     except Exception as exc:  # after the headers an error travels as events
         err = json.loads(error_response(exc).body)["error"]
         yield w.emit("error", code=err["code"], message=err["message"], param=err["param"])
