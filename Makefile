@@ -36,7 +36,7 @@ test: install
 test-ray: install
 	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	RAY_USAGE_STATS_ENABLED=0 FERROUSFORGE_RAY_TESTS=1 $(PY) -m pytest -q \
-		tests/test_ray_serve.py tests/test_serving_ray_units.py
+		tests/test_ray_serve.py tests/test_ray_autoscale.py tests/test_serving_ray_units.py
 
 # Only the RPC tests (also in `make test`): the default model split over two rpc-workers.
 test-rpc: install

@@ -467,6 +467,20 @@ class ServerSettings(BaseSettings):
         description="with --ray and autoscaling: requests running or waiting per replica "
         "that autoscaling aims for (default: --parallel)",
     )
+    upscale_delay: float | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="with --ray and autoscaling: seconds the load must call for more replicas "
+        "before one is added (default: Ray Serve's, 30)",
+    )
+    downscale_delay: float | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="with --ray and autoscaling: seconds the load must call for fewer replicas "
+        "before one is removed (default: Ray Serve's, 600)",
+    )
 
     @field_validator("api_key", "cors_origins", "tools", "rpc", "tensor_split", mode="before")
     @classmethod

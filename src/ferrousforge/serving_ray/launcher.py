@@ -33,6 +33,8 @@ class ReplicaPlan:
     target_ongoing_requests: float
     threads: int | None  # per replica; None: all cores of its machine
     max_ongoing_requests: int
+    upscale_delay_s: float | None = None  # None: Ray Serve's default
+    downscale_delay_s: float | None = None
 
     @property
     def autoscaling(self) -> bool:
@@ -68,6 +70,8 @@ def plan_replicas(settings: ServerSettings) -> ReplicaPlan:
         threads=settings.threads,
         # a replica takes what its engine would queue; more wait in Serve's router
         max_ongoing_requests=settings.parallel + settings.max_waiting,
+        upscale_delay_s=settings.upscale_delay,
+        downscale_delay_s=settings.downscale_delay,
     )
 
 
@@ -98,6 +102,9 @@ def build_app(settings: ServerSettings, specs: list[ModelSpec], plan: ReplicaPla
             "initial_replicas": plan.replicas,
             "target_ongoing_requests": plan.target_ongoing_requests,
         }
+        for key in ("upscale_delay_s", "downscale_delay_s"):
+            if getattr(plan, key) is not None:
+                options["autoscaling_config"][key] = getattr(plan, key)
     else:
         options["num_replicas"] = plan.replicas
     engine = serve.deployment(EngineReplica, name="Engine").options(**options)
