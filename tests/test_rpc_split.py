@@ -84,6 +84,25 @@ async def test_split_over_two_workers_gives_the_local_greedy_output(model_path, 
     assert both[0].token_ids == want.token_ids  # batched with another sequence too
 
 
+def test_run_over_two_workers_prints_the_local_greedy_output(model_path, tmp_path) -> None:
+    """`ferrousforge run --rpc` as a user types it: the same text as the local run."""
+
+    def run(*extra: str) -> str:
+        args = ["run", str(model_path), PROMPT, "--raw", "--max-tokens", "24",
+                "--temperature", "0", "--threads", "1", "--ctx-size", "512", *extra]  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "ferrousforge.cli.main", *args],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    local = run()
+    with two_workers(tmp_path) as workers:
+        split = run("--rpc", ",".join(w[0] for w in workers), "--tensor-split", "1,1")
+    assert local.strip() and split == local
+
+
 def _complete(client: openai.OpenAI, model: str, **kw) -> str:
     r = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0, **kw)
     return r.choices[0].text
