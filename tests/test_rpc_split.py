@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from live_server import free_port, live_server, write_models_config
@@ -103,6 +104,30 @@ def test_run_over_two_workers_prints_the_local_greedy_output(model_path, tmp_pat
     assert local.strip() and split == local
 
 
+async def test_embeddings_over_two_workers_equal_the_local_ones(model_path, tmp_path) -> None:
+    """The embedding context is made in the child, on the workers' weights; batched."""
+    backend = LlamaCppBackend()
+    base = dict(num_threads=1, context_size=512, max_parallel=2, embedding_batch=256)
+    texts = ["red apples", "The three primary colours are", "a much longer sentence " * 4]
+    local = backend.load_model_sync(model_path, BackendConfig(**base), AcceleratorType.Cpu())
+    want = await backend.embed(local.handle, texts)
+    await backend.unload_model(local.handle)
+    with two_workers(tmp_path) as workers:
+        config = BackendConfig(**base, rpc_servers=[w[0] for w in workers], tensor_split=[1, 1])
+        split = backend.load_model_sync(model_path, config, AcceleratorType.Cpu())
+        try:
+            got = await backend.embed(split.handle, texts)
+            decodes = split.engine.stats.embedding_decodes
+            text = await backend.infer(split.handle, BackendInput.Text(PROMPT), GREEDY)
+        finally:
+            await backend.unload_model(split.handle)
+    assert got.vectors.shape == want.vectors.shape == (3, want.vectors.shape[1])
+    assert decodes == 1 and got.token_counts == want.token_counts
+    for a, b in zip(got.vectors, want.vectors, strict=True):
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.9999
+    assert len(text.token_ids) == 32  # generation beside it still works
+
+
 def _complete(client: openai.OpenAI, model: str, **kw) -> str:
     r = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0, **kw)
     return r.choices[0].text
@@ -123,6 +148,11 @@ def test_serve_rpc_survives_a_lost_worker(model_path, tmp_path) -> None:
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
             local_text = _complete(client, "local")
             assert _complete(client, "split") == local_text
+            vectors = [
+                client.embeddings.create(model=m, input=PROMPT).data[0].embedding
+                for m in ("split", "local")
+            ]
+            assert float(np.dot(*vectors)) > 0.9999  # unit vectors: their cosine
 
             # A worker dies while a long answer streams: the stream ends with an error.
             stream = client.completions.create(
@@ -150,6 +180,9 @@ def test_serve_rpc_survives_a_lost_worker(model_path, tmp_path) -> None:
                 _complete(client, "split")
             assert down.value.status_code == 502
             assert f"{endpoints[1]} is not reachable" in str(down.value)
+            with pytest.raises(openai.APIStatusError) as down:
+                client.embeddings.create(model="split", input=PROMPT)
+            assert down.value.status_code == 502
 
             # The worker comes back on its port: the next request reconnects.
             port = int(endpoints[1].rsplit(":", 1)[1])

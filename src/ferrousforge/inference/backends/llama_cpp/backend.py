@@ -21,7 +21,7 @@ from ferrousforge.engine.prompt_cache import MIB
 from ferrousforge.engine.runner import LogprobEntry
 from ferrousforge.engine.sequence import SamplingLimits
 from ferrousforge.engine.speculation import SpecConfig
-from ferrousforge.errors import ModelNotFoundError, NotSupportedError, RpcUnavailableError
+from ferrousforge.errors import ModelNotFoundError, RpcUnavailableError
 from ferrousforge.inference.backend import (
     Accelerator,
     BackendConfig,
@@ -44,6 +44,7 @@ from ferrousforge.inference.backends.llama_cpp.library import library_info, load
 from ferrousforge.inference.backends.llama_cpp.model import LlamaModel, normalize_accelerator
 from ferrousforge.inference.backends.llama_cpp.remote import (
     RemoteContext,
+    RemoteEmbedder,
     RemoteRunner,
     RemoteSampler,
     VocabLease,
@@ -119,13 +120,6 @@ def _sampler(lm: LoadedModel, opts: InferenceOptions) -> SamplerChain | RemoteSa
         lm.n_ctx_seq,
         budget_s=lm.engine.sample_budget_s,
         piece=lambda t, v=lm.vocab: v.piece(t, True),
-    )
-
-
-def _no_embedder():
-    raise NotSupportedError(
-        "embeddings are not available for a model on rpc workers (--rpc); serve an "
-        "embedding model locally"
     )
 
 
@@ -240,7 +234,7 @@ class LlamaCppBackend:
                 sample_budget_s=gen.sample_budget_ms / 1000 if gen.sample_budget_ms else None,
                 spec=SpecConfig(gen.draft_max, gen.draft_min, gen.draft_max_batch),
                 embedder_factory=(
-                    _no_embedder
+                    (lambda: RemoteEmbedder(runner))
                     if config.rpc_servers
                     else lambda: LlamaEmbedder(lib, model, config)
                 ),

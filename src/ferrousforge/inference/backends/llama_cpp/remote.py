@@ -62,6 +62,14 @@ class ChildInfo:
     description: str
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedderInfo:
+    pooling: str
+    n_out: int
+    max_tokens: int
+    max_seqs: int
+
+
 class RemoteRunner:
     """The engine's Runner, executed by a child process. Used only from the engine thread."""
 
@@ -213,6 +221,27 @@ class RemoteRunner:
             self._lost = e
             return default
 
+    # ---- Embedder (the embedding context lives in the child too) ------------------
+
+    def embedder_info(self) -> EmbedderInfo:
+        """Make the child's embedding context (on the workers' weights); its limits."""
+        return self._call_keeping_kv(("embedder_info",), LOAD_TIMEOUT_S)
+
+    def embed(self, inputs: list[list[int]]) -> list:
+        return self._call_keeping_kv(("embed", inputs))
+
+    def _call_keeping_kv(self, msg: tuple, timeout: float | None = None) -> Any:
+        """A call outside the engine's steps: a child lost here took the generation KV with
+        it, so the next step fails (the scheduler forgets that KV) before a new child runs.
+        A child that could not even start had no KV to lose."""
+        had_child = self._proc is not None
+        try:
+            return self._call(msg, timeout)
+        except RemoteWorkerError as e:
+            if had_child:
+                self._lost = self._lost or e
+            raise
+
     def free_sampler(self, seq: Sequence) -> None:
         key = getattr(seq.sampler, "key", 0)
         if key and key in self._sent:
@@ -271,6 +300,19 @@ class _Child:
         self.runner = LlamaRunner(self.context)
         self.seqs: dict[int, Sequence] = {}
         self.bad: dict[int, BaseException] = {}  # a sampler that could not be built
+        self.embedder: Any = None  # made on the first embedding request
+
+    def embedder_info(self) -> EmbedderInfo:
+        from ferrousforge.inference.backends.llama_cpp.embedder import LlamaEmbedder
+
+        if self.embedder is None:
+            self.embedder = LlamaEmbedder(self.lib, self.model, self.config)
+        e = self.embedder
+        return EmbedderInfo(e.pooling, e.n_out, e.max_tokens, e.max_seqs)
+
+    def embed(self, inputs: list[list[int]]) -> list:
+        self.embedder_info()  # a child started again after a lost worker makes it anew
+        return self.embedder.embed(inputs)
 
     def info(self) -> ChildInfo:
         r, c = self.runner, self.context
@@ -359,9 +401,9 @@ def child_main(conn: Connection) -> None:
             if op == "start":
                 child = _Child(*msg[1:])
                 value: Any = child.info()
-            elif op == "execute":
+            elif op in ("execute", "embedder_info", "embed"):
                 assert child is not None
-                value = child.execute(*msg[1:])
+                value = getattr(child, op)(*msg[1:])
             else:
                 assert child is not None and op == "runner"
                 value = getattr(child.runner, msg[1])(*msg[2:])
@@ -389,6 +431,22 @@ class VocabLease:
 
     def release(self) -> None:
         self.model.close()
+
+
+class RemoteEmbedder:
+    """The engine's Embedder for a model on rpc workers: the child's embedding context."""
+
+    def __init__(self, runner: RemoteRunner) -> None:
+        self._runner = runner
+        info = runner.embedder_info()
+        self.pooling, self.n_out = info.pooling, info.n_out
+        self.max_tokens, self.max_seqs = info.max_tokens, info.max_seqs
+
+    def embed(self, inputs: list[list[int]]) -> list:
+        return self._runner.embed(inputs)
+
+    def close(self) -> None:
+        """Nothing here: the context is the child's, closed with it."""
 
 
 class RemoteContext:
