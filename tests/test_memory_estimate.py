@@ -166,3 +166,15 @@ def test_not_a_model_is_a_clear_error(tmp_path: Path):
     bad.write_bytes(b"nope" + struct.pack("<I", 3))
     with pytest.raises(ModelLoadError, match="not a GGUF file"):
         estimate_memory(bad, BackendConfig())
+
+
+def test_a_model_serving_both_says_what_its_embedding_context_adds():
+    """Not in its total (made on the first embedding request), but there for the budget;
+    an embedding-only model counts the same context in its total instead."""
+    both = estimate_memory(default_model_path(), BackendConfig(context_size=2048))
+    only = estimate_memory(
+        default_model_path(), BackendConfig(context_size=2048, embedding_only=True)
+    )
+    assert both.embedding_bytes == 0 and both.embedding_extra_bytes > 0
+    assert only.embedding_extra_bytes == 0
+    assert only.embedding_bytes == both.embedding_extra_bytes

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from ferrousforge.errors import ModelLoadError, ModelLoadFailedError, ModelNotFoundError
+from ferrousforge.errors import (
+    ModelLoadError,
+    ModelLoadFailedError,
+    ModelNotFoundError,
+    NotSupportedError,
+)
 from ferrousforge.inference.backend import BackendConfig
 from ferrousforge.models.pool import MemoryCost, ModelPool, ModelStatus
 from ferrousforge.models.registry import ModelSpec
@@ -190,12 +195,41 @@ async def test_a_busy_victim_is_drained_and_its_new_requests_wait():
     assert len(pool.loaded) == 1
 
 
-def costs(table: dict[str, tuple[float, float]]):
+def costs(table: dict[str, tuple[float, ...]]):
+    """Per model: (weights, other) GiB, and optionally the embedding context's GiB."""
+
     def estimate(s: ModelSpec) -> MemoryCost:
-        weights, other = table[s.id]
-        return MemoryCost(int(weights * GIB), int(other * GIB))
+        weights, other, *embedding = table[s.id]
+        return MemoryCost(int(weights * GIB), int(other * GIB), int(sum(embedding) * GIB))
 
     return estimate
+
+
+async def test_a_first_embedding_request_counts_the_embedding_context_and_makes_room():
+    """A model serving both makes its embedding context on its first embedding request: from
+    then on it counts, and the least recently used other model goes to keep the budget."""
+    est = costs({"a": (2, 1, 2), "b": (2, 1, 2)})
+    pool = pool_of("a", "b", memory_budget=8 * GIB, estimator=est)
+    await use(pool, "a")
+    await use(pool, "b")
+    assert pool.loaded_bytes == 6 * GIB
+    await use(pool, "b", embeddings=True)  # 6 + 2 = 8: fits, nothing unloaded
+    assert pool.backend.unloads == [] and pool.loaded_bytes == 8 * GIB
+    await use(pool, "b", embeddings=True)  # already counted
+    await use(pool, "a")
+    await use(pool, "a", embeddings=True)  # 8 + 2 > 8: b (least recently used) goes
+    assert pool.backend.unloads == ["b"] and pool.loaded_bytes == 5 * GIB
+    await use(pool, "b")  # b loads again without its embedding context: 5 + 3 = 8
+    assert pool.loaded_bytes == 8 * GIB and pool.entries["b"].embeds is False
+
+
+async def test_embeddings_that_cannot_fit_the_whole_budget_are_refused_and_the_model_serves():
+    est = costs({"a": (2, 1, 6)})
+    pool = pool_of("a", memory_budget=8 * GIB, estimator=est)
+    with pytest.raises(NotSupportedError, match="embedding context needs about 6.00 GiB"):
+        await use(pool, "a", embeddings=True)
+    await use(pool, "a")  # generation goes on
+    assert status(pool)["a"] == "loaded" and pool.loaded_bytes == 3 * GIB
 
 
 async def test_a_memory_budget_evicts_until_the_new_model_fits():

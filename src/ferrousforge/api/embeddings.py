@@ -94,6 +94,11 @@ class RerankRequest(_Body):
         return self.documents if self.documents is not None else self.texts  # type: ignore[return-value]
 
 
+def _model(request: Request, body: Any):
+    """The model an embedding, per-token or rerank request names, admitted to embeddings."""
+    return model_for(request, body.model, parse_duration(body.keep_alive), embeddings=True)
+
+
 @router.post("/v1/embeddings", responses=ERROR_RESPONSES)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
     """One vector per input; all inputs share the model's embedding decodes."""
@@ -101,7 +106,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
         return await native_embeddings(body, request)  # as llama-server answers 'content'
     prompts = body.prompts()
     backend = state(request).pool.backend
-    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (mid, lm):
+    async with _model(request, body) as (mid, lm):
         result = await backend.embed(
             lm.handle,
             prompts,
@@ -143,7 +148,7 @@ async def native_embeddings(body: EmbeddingRequest, request: Request) -> list[di
         raise ValueError("normalize: /embedding takes 'embd_normalize': -1 for none")
     prompts = body.prompts()
     backend = state(request).pool.backend
-    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (_, lm):
+    async with _model(request, body) as (_, lm):
         mats, _ = await backend.embed_per_token(
             lm.handle, prompts, norm=body.norm, truncate=body.truncate
         )
@@ -158,7 +163,7 @@ async def rerank(body: RerankRequest, request: Request) -> dict | list[dict]:
     bare list when the request names them ``texts``."""
     docs = body.docs()
     backend = state(request).pool.backend
-    async with model_for(request, body.model, parse_duration(body.keep_alive)) as (mid, lm):
+    async with _model(request, body) as (mid, lm):
         result = await backend.rerank(lm.handle, body.query, docs, truncate=body.truncate)
     scores = [float(v[0]) for v in result.vectors]
     order = sorted(range(len(docs)), key=lambda i: -scores[i])

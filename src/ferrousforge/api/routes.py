@@ -53,15 +53,16 @@ def state(request: Request) -> ServerState:
 
 @contextlib.asynccontextmanager
 async def model_for(
-    request: Request, name: str | None, keep_alive: float | None = None
+    request: Request, name: str | None, keep_alive: float | None = None, embeddings: bool = False
 ) -> AsyncIterator[tuple[str, LoadedModel]]:
     """``async with model_for(request, body.model) as (id, lm)``: the model a request names,
     loaded if it was not (404 for an unknown name), kept loaded until the block is left; a
-    request handed to the engine inside the block keeps it loaded until it ends."""
+    request handed to the engine inside the block keeps it loaded until it ends.
+    ``embeddings``: the request embeds (its embedding context counts in the budget)."""
     st = state(request)
     if st.load_error:
         raise ModelNotReadyError(st.load_error)
-    async with st.pool.use(name, keep_alive) as (mid, lm):
+    async with st.pool.use(name, keep_alive, embeddings) as (mid, lm):
         yield mid, lm
 
 

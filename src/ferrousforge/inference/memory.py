@@ -71,6 +71,9 @@ class MemoryEstimate:
     # The embedding context, counted for an embedding-only model (which makes it for sure;
     # any other model makes it on its first embedding request).
     embedding_bytes: int = 0
+    # For a model that serves both: what its embedding context adds once made (not in
+    # total_bytes; the server's budget counts it from the first embedding request).
+    embedding_extra_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -449,6 +452,7 @@ def estimate_for(
         n_ctx=n_ctx,
         n_ctx_seq=n_ctx_seq,
         embedding_bytes=embedding_bytes(shape, config) if config.embedding_only else 0,
+        embedding_extra_bytes=0 if config.embedding_only else embedding_bytes(shape, config),
     )
 
 

@@ -30,6 +30,7 @@ from ferrousforge.errors import (
     ModelLoadError,
     ModelLoadFailedError,
     ModelNotFoundError,
+    NotSupportedError,
 )
 from ferrousforge.inference.backend import AcceleratorType
 from ferrousforge.inference.backends.llama_cpp.backend import LlamaCppBackend, LoadedModel
@@ -56,6 +57,7 @@ class MemoryCost:
 
     weights_bytes: int
     other_bytes: int  # KV cache, compute buffers and host prompt cache, per context
+    embedding_bytes: int = 0  # a generation model's embedding context, once it embeds
 
 
 Estimator = Callable[[ModelSpec], MemoryCost]
@@ -68,7 +70,11 @@ def estimate_cost(spec: ModelSpec) -> MemoryCost:
 
     est = estimate_memory(spec.path, spec.config)
     host_cache = spec.config.cache_ram_mib * 2**20
-    return MemoryCost(est.weights_bytes, est.total_bytes - est.weights_bytes + host_cache)
+    return MemoryCost(
+        est.weights_bytes,
+        est.total_bytes - est.weights_bytes + host_cache,
+        est.embedding_extra_bytes,
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +90,7 @@ class ModelEntry:
     keep_alive: float | None = None  # seconds idle before unloading; None: the server's
     draining: bool = False  # being unloaded: new requests wait
     cost: MemoryCost | None = None
+    embeds: bool = False  # admitted to embeddings: its embedding context counts
 
     @property
     def id(self) -> str:
@@ -173,18 +180,23 @@ class ModelPool:
     # ---- using a model ---------------------------------------------------------------
 
     async def acquire(
-        self, model_id: str | None, keep_alive: float | None = None
+        self, model_id: str | None, keep_alive: float | None = None, embeddings: bool = False
     ) -> tuple[str, LoadedModel]:
         """The loaded model ``model_id`` names (None: the first), loading it if needed.
 
         The caller holds a lease until ``release``: the model is not unloaded meanwhile.
         ``keep_alive`` (seconds, ``math.inf``: never) replaces the server's idle timeout
-        for this model once it is idle again, as Ollama's field does.
+        for this model once it is idle again, as Ollama's field does. ``embeddings``: the
+        caller will embed, so the model's embedding context counts against the budget from
+        now on (others are unloaded to make room, as for a load).
         """
         e = self.entry(model_id)
         while True:
             if self._closed:
                 raise EngineStoppedError("the server is shutting down")
+            if e.status is ModelStatus.LOADED and not e.draining and embeddings and not e.embeds:
+                await self._admit_embeddings(e)
+                continue  # the model may have changed state meanwhile
             if e.status is ModelStatus.LOADED and not e.draining:
                 assert e.lm is not None
                 e.leases += 1
@@ -209,10 +221,33 @@ class ModelPool:
         e.last_used = self._clock()
         self._notify()
 
+    async def _admit_embeddings(self, e: ModelEntry) -> None:
+        """Count ``e``'s embedding context from now on, unloading others to fit it."""
+        async with self._room:
+            if e.embeds or e.status is not ModelStatus.LOADED or e.draining:
+                return
+            e.embeds = True
+            e.leases += 1  # not unloaded while others make room for it
+            try:
+                await self._make_room(e)
+            except ModelLoadError as exc:
+                e.embeds = False
+                extra = self._cost(e).embedding_bytes / 2**30
+                raise NotSupportedError(
+                    f"embeddings on '{e.id}': its embedding context needs about {extra:.2f} "
+                    "GiB more, and with its weights and KV that is over the whole "
+                    "--memory-budget; lower --embedding-batch or raise the budget"
+                ) from exc
+            finally:
+                e.leases -= 1
+                self._notify()
+
     @contextlib.asynccontextmanager
-    async def use(self, model_id: str | None, keep_alive: float | None = None):
+    async def use(
+        self, model_id: str | None, keep_alive: float | None = None, embeddings: bool = False
+    ):
         """``async with pool.use(name) as (id, lm)``: acquire, then release on the way out."""
-        mid, lm = await self.acquire(model_id, keep_alive)
+        mid, lm = await self.acquire(model_id, keep_alive, embeddings)
         try:
             yield mid, lm
         finally:
@@ -304,7 +339,7 @@ class ModelPool:
         for e in entries:
             cost = self._cost(e)
             weights[file_identity(e.spec.path)] = cost.weights_bytes
-            other += cost.other_bytes
+            other += cost.other_bytes + (cost.embedding_bytes if e.embeds else 0)
         return other + sum(weights.values())
 
     def _resident(self, but: ModelEntry | None) -> list[ModelEntry]:
@@ -352,7 +387,7 @@ class ModelPool:
             while e.busy:
                 await self._wait_change()
             lm, e.lm = e.lm, None
-            e.status = ModelStatus.UNLOADED
+            e.status, e.embeds = ModelStatus.UNLOADED, False  # the embedder goes with it
             assert lm is not None
             await self.backend.unload_model(lm.handle)
             self.stats.unloads[reason] += 1
