@@ -13,20 +13,11 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from tests.live_server import LiveServer, live_server
-from tests.test_ray_serve import AUTH, KEY, REPLICA, _descendants
 
-pytest.importorskip("ray.serve")
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.server,
-    pytest.mark.skipif(
-        os.environ.get("FERROUSFORGE_RAY_TESTS") != "1",
-        reason="slow: `make test-ray` runs these (FERROUSFORGE_RAY_TESTS=1)",
-    ),
-]
+# test_ray_serve skips without Ray; its marks (slow: only `make test-ray`) are these too.
+from tests.test_ray_serve import AUTH, KEY, REPLICA, _descendants, pytestmark  # noqa: F401
 
 SCALE_WAIT_S = 150  # Serve averages queue lengths over a 30 s window before it decides
 
