@@ -124,7 +124,8 @@ async def test_embeddings_over_two_workers_equal_the_local_ones(model_path, tmp_
     assert got.vectors.shape == want.vectors.shape == (3, want.vectors.shape[1])
     assert decodes == 1 and got.token_counts == want.token_counts
     for a, b in zip(got.vectors, want.vectors, strict=True):
-        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.9999
+        # Not bit-equal: the workers' backend runs other kernels (Gemma 3: 0.9994)
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.999
     assert len(text.token_ids) == 32  # generation beside it still works
 
 
@@ -152,7 +153,7 @@ def test_serve_rpc_survives_a_lost_worker(model_path, tmp_path) -> None:
                 client.embeddings.create(model=m, input=PROMPT).data[0].embedding
                 for m in ("split", "local")
             ]
-            assert float(np.dot(*vectors)) > 0.9999  # unit vectors: their cosine
+            assert float(np.dot(*vectors)) > 0.999  # unit vectors: their cosine
 
             # A worker dies while a long answer streams: the stream ends with an error.
             stream = client.completions.create(
