@@ -215,22 +215,21 @@ class RemoteRunner:
         if self._proc is None:
             return default
         try:
-            return self._call(("runner", *msg))
+            return self._call_between_steps(("runner", *msg))
         except RemoteWorkerError as e:
             log.error("%s", e)
-            self._lost = e
             return default
 
     # ---- Embedder (the embedding context lives in the child too) ------------------
 
     def embedder_info(self) -> EmbedderInfo:
         """Make the child's embedding context (on the workers' weights); its limits."""
-        return self._call_keeping_kv(("embedder_info",), LOAD_TIMEOUT_S)
+        return self._call_between_steps(("embedder_info",), LOAD_TIMEOUT_S)
 
     def embed(self, inputs: list[list[int]]) -> list:
-        return self._call_keeping_kv(("embed", inputs))
+        return self._call_between_steps(("embed", inputs))
 
-    def _call_keeping_kv(self, msg: tuple, timeout: float | None = None) -> Any:
+    def _call_between_steps(self, msg: tuple, timeout: float | None = None) -> Any:
         """A call outside the engine's steps: a child lost here took the generation KV with
         it, so the next step fails (the scheduler forgets that KV) before a new child runs.
         A child that could not even start had no KV to lose."""
@@ -239,7 +238,7 @@ class RemoteRunner:
             return self._call(msg, timeout)
         except RemoteWorkerError as e:
             if had_child:
-                self._lost = self._lost or e
+                self._lost = e
             raise
 
     def free_sampler(self, seq: Sequence) -> None:
@@ -302,17 +301,21 @@ class _Child:
         self.bad: dict[int, BaseException] = {}  # a sampler that could not be built
         self.embedder: Any = None  # made on the first embedding request
 
-    def embedder_info(self) -> EmbedderInfo:
+    def _embedder(self) -> Any:
+        """The embedding context, made at first use (also in a child started again after a
+        lost worker)."""
         from ferrousforge.inference.backends.llama_cpp.embedder import LlamaEmbedder
 
         if self.embedder is None:
             self.embedder = LlamaEmbedder(self.lib, self.model, self.config)
-        e = self.embedder
+        return self.embedder
+
+    def embedder_info(self) -> EmbedderInfo:
+        e = self._embedder()
         return EmbedderInfo(e.pooling, e.n_out, e.max_tokens, e.max_seqs)
 
     def embed(self, inputs: list[list[int]]) -> list:
-        self.embedder_info()  # a child started again after a lost worker makes it anew
-        return self.embedder.embed(inputs)
+        return self._embedder().embed(inputs)
 
     def info(self) -> ChildInfo:
         r, c = self.runner, self.context
